@@ -1,0 +1,7 @@
+"""sksae: sparse autoencoders as scikit-learn estimators, trained with PyTorch."""
+
+from ._transformer import SparseAutoencoderTransformer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["SparseAutoencoderTransformer", "__version__"]

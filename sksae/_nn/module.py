@@ -1,0 +1,140 @@
+"""The sparse autoencoder as a compact ``torch.nn.Module``.
+
+``pre = W_enc (x - b_dec) + b_enc``, ``h = sparsifier(pre)``, ``x_hat = W_dec^T h + b_dec``.
+Both weight matrices are stored ``[n_latents, n_features]``: decoder rows are the
+dictionary atoms, and a contiguous decoder lets ``embedding_bag`` gather the ``k`` rows a
+TopK code selects without touching the others.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+class SparseAutoencoder(torch.nn.Module):
+    """Encoder, sparsifier and decoder of a sparse autoencoder.
+
+    Parameters
+    ----------
+    n_features : int
+        Input dimension ``d``.
+    n_latents : int
+        Dictionary size ``n``.
+    sparsifier : Sparsifier
+        Maps pre-activations to codes; also fixes the decoder's norm handling.
+    dtype, device : torch dtype and device of the parameters.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.module import SparseAutoencoder
+    >>> from sksae._nn.sparsifiers import TopK
+    >>> sae = SparseAutoencoder(8, 32, TopK(k=4))
+    >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=torch.zeros(8))
+    >>> x_hat, code = sae(torch.randn(5, 8))
+    >>> x_hat.shape, code.values.shape
+    (torch.Size([5, 8]), torch.Size([5, 4]))
+    """
+
+    def __init__(self, n_features, n_latents, sparsifier, *, dtype=torch.float32, device="cpu"):
+        super().__init__()
+        factory = {"dtype": dtype, "device": device}
+        self.sparsifier = sparsifier
+        self.W_enc = torch.nn.Parameter(torch.empty(n_latents, n_features, **factory))
+        self.b_enc = torch.nn.Parameter(torch.zeros(n_latents, **factory))
+        self.W_dec = torch.nn.Parameter(torch.empty(n_latents, n_features, **factory))
+        self.b_dec = torch.nn.Parameter(torch.zeros(n_features, **factory))
+
+    @classmethod
+    def from_tensors(cls, sparsifier, *, W_enc, b_enc, W_dec, b_dec, requires_grad=False):
+        """A module whose parameters are the given tensors (no copy)."""
+        model = cls(*W_dec.shape[::-1], sparsifier, dtype=W_dec.dtype, device="meta")
+        tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+        for name, tensor in tensors.items():
+            setattr(model, name, torch.nn.Parameter(tensor, requires_grad=requires_grad))
+        return model
+
+    @property
+    def n_latents(self):
+        return self.W_dec.shape[0]
+
+    @torch.no_grad()
+    def reset_parameters(self, generator, b_dec):
+        """Random decoder directions at the sparsifier's norm, tied encoder, given ``b_dec``.
+
+        Directions are drawn on the CPU from ``generator`` so that a seed gives the same
+        model whatever the device.
+        """
+        directions = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float64)
+        directions *= self.sparsifier.decoder_init_norm / directions.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(directions)
+        self.W_enc.copy_(directions)
+        self.b_enc.zero_()
+        self.b_dec.copy_(b_dec)
+
+    def pre_activation(self, x):
+        # b_dec folded into the bias: x @ W_enc^T + (b_enc - W_enc b_dec) skips
+        # materialising x - b_dec and the matmul its gradient would cost.
+        return F.linear(x, self.W_enc, torch.addmv(self.b_enc, self.W_enc, self.b_dec, alpha=-1))
+
+    def encode(self, x):
+        """Inference code of each row of ``x`` (row-independent)."""
+        return self.sparsifier.encode(self.pre_activation(x))
+
+    def decode(self, code):
+        """Reconstruction ``W_dec^T h + b_dec`` of a :class:`Code`."""
+        if code.indices is None:
+            return torch.addmm(self.b_dec, code.values, self.W_dec)
+        # Only the k chosen decoder rows are read (and receive gradient).
+        rows = F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
+        return rows + self.b_dec
+
+    def forward(self, x):
+        """Training pass: ``(x_hat, code)``."""
+        code = self.sparsifier(self.pre_activation(x))
+        return self.decode(code), code
+
+    def decoder_norms(self):
+        return self.W_dec.norm(dim=1)
+
+    @torch.no_grad()
+    def normalize_decoder(self):
+        """Rescale decoder rows to unit norm (for sparsifiers that ask for it)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self):
+        """Project out the gradient component along each (unit) decoder row.
+
+        Under a unit-norm constraint that component only changes the row's norm, which the
+        renormalisation after the step undoes; leaving it in would distort Adam's moments.
+        """
+        grad = self.W_dec.grad
+        if grad is not None:
+            grad -= (grad * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+
+
+def geometric_median(X, *, max_iter=100, tol=1e-6):
+    """Geometric median of the rows of ``X`` by Weiszfeld's iterations, in float64.
+
+    The median, not the mean, is the initial decoder bias: it is the point that
+    minimises the summed distance to the data, robust to the heavy tails of activations.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.module import geometric_median
+    >>> X = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])
+    >>> geometric_median(X).round(decimals=2)
+    tensor([0.5000, 0.5000], dtype=torch.float64)
+    """
+    X = X.to(torch.float64)
+    median = X.mean(dim=0)
+    for _ in range(max_iter):
+        weights = 1.0 / (X - median).norm(dim=1).clamp_min(1e-12)
+        updated = (weights[:, None] * X).sum(dim=0) / weights.sum()
+        shift = (updated - median).norm()
+        median = updated
+        if shift <= tol * (1.0 + median.norm()):
+            break
+    return median
+

@@ -1,0 +1,611 @@
+"""SparseAutoencoderTransformer: a sparse autoencoder as a scikit-learn transformer."""
+
+import math
+from contextlib import contextmanager
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import (
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    _fit_context,
+)
+from sklearn.callback import CallbackSupportMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from ._nn.batches import map_rows, to_tensor
+from ._nn.module import SparseAutoencoder, geometric_median
+from ._nn.sparsifiers import SPARSIFIERS, Code
+from ._nn.training import Trainer, TrainingDiverged
+
+#: Rows drawn from the data to place the initial decoder bias at their geometric median.
+_MEDIAN_SAMPLE_ROWS = 4096
+#: Fraction of the planned steps of a fit over which ``alpha`` warms up from 0.
+_ALPHA_WARMUP_FRACTION = 0.05
+#: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
+#: rolls back everything else.
+_CALLBACK_ATTRIBUTES = frozenset({"_callback_fit_ctx", "_skl_callbacks_to_teardown"})
+
+
+class SparseAutoencoderTransformer(
+    CallbackSupportMixin, ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator
+):
+    """Sparse autoencoder (SAE): an overcomplete dictionary with a learned sparse encoder.
+
+    The encoder maps a sample ``x`` to a code ``h``, mostly zeros, and the decoder rebuilds
+    ``x`` from it::
+
+        pre = W_enc (x - b_dec) + b_enc
+        h = sparsify(pre)
+        x_hat = W_dec^T h + b_dec
+
+    ``transform`` returns ``h``; ``inverse_transform`` returns ``x_hat``; the rows of
+    ``W_dec`` are the dictionary, :attr:`components_`. Training minimises the squared
+    reconstruction error with Adam on minibatches, in PyTorch.
+
+    Read more in the :ref:`User Guide <user_guide>`.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Number of latents (dictionary atoms). Larger than ``n_features`` for an
+        overcomplete dictionary.
+
+    activation : {"topk", "relu"}, default="topk"
+        How the code is sparsified:
+
+        - ``"topk"``: keep the ``k`` largest entries of ``ReLU(pre)`` of each sample
+          (Gao et al., 2024). Exactly ``k`` or fewer latents are active per sample; the
+          decoder rows are kept at unit norm.
+        - ``"relu"``: ``h = ReLU(pre)`` with the penalty ``alpha * sum_i h_i ||W_dec[i]||``
+          added to the loss (Anthropic's April-2024 recipe); ``alpha`` sets the sparsity.
+          ``alpha`` warms up linearly over the first 5% of the planned steps of ``fit``.
+
+    k : int, default=16
+        Number of active latents per sample for ``activation="topk"``; at most
+        ``n_components``. Ignored by ``"relu"``.
+
+    alpha : float, default=0.1
+        Weight of the sparsity penalty for ``activation="relu"``. The penalty is in the
+        units of the squared reconstruction error summed over features, so a good value
+        depends on the scale of ``X``: standardise or min-max scale it first. Ignored by
+        ``"topk"``.
+
+    batch_size : int, default=256
+        Samples per minibatch (the last one of an epoch may be smaller).
+
+    learning_rate : float or None, default=None
+        Adam's step size. ``None`` uses ``min(1e-2, 2e-4 / sqrt(n_components / 2**14))``,
+        the scaling law Gao et al. (2024) fitted for TopK SAEs, capped for small
+        dictionaries.
+
+    max_iter : int, default=200
+        Maximum number of epochs (passes over the training data) of ``fit``.
+
+    tol : float, default=1e-4
+        Relative improvement of an epoch's mean training loss over the best so far below
+        which the epoch counts as no improvement.
+
+    max_no_improvement : int or None, default=10
+        ``fit`` stops after this many consecutive epochs without improvement (see
+        ``tol``). ``None`` always runs ``max_iter`` epochs.
+
+    shuffle : bool, default=True
+        Reshuffle the samples before each epoch of ``fit``. ``partial_fit`` never
+        shuffles.
+
+    device : str, default="cpu"
+        Torch device to train and encode on: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or
+        ``"auto"`` (CUDA when available). The fitted attributes are numpy arrays
+        whatever the device, so a model fitted on a GPU loads on any machine.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation and the shuffling through a private
+        ``torch.Generator``; the global torch RNG is untouched. An int gives a bitwise
+        reproducible fit on the CPU.
+
+    verbose : int, default=0
+        Print the mean training loss of each epoch when positive.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+        Decoder rows: the dictionary atoms (unit norm for ``"topk"``).
+
+    encoder_weights_ : ndarray of shape (n_components, n_features)
+        Encoder matrix ``W_enc``.
+
+    encoder_bias_ : ndarray of shape (n_components,)
+        Encoder bias ``b_enc``.
+
+    decoder_bias_ : ndarray of shape (n_features,)
+        Decoder bias ``b_dec``, subtracted before encoding and added back after decoding.
+        It starts at the geometric median of the training data.
+
+    feature_density_ : ndarray of shape (n_components,)
+        Fraction of the samples of the last epoch (or ``partial_fit`` batch) on which
+        each latent fired. Latents at 0 are dead.
+
+    loss_curve_ : list of float
+        Mean training loss of each epoch (or ``partial_fit`` call).
+
+    n_iter_ : int
+        Number of passes over the data: epochs of ``fit``, plus one per ``partial_fit``.
+
+    n_steps_ : int
+        Number of minibatch steps, ``fit`` and ``partial_fit`` together.
+
+    n_features_in_ : int
+        Number of features seen during :term:`fit`.
+
+    feature_names_in_ : ndarray of shape (`n_features_in_`,)
+        Names of features seen during :term:`fit`. Defined only when `X` has feature
+        names that are all strings.
+
+    See Also
+    --------
+    sklearn.decomposition.MiniBatchDictionaryLearning : Dictionary learning with
+        sparse codes found by an optimisation per sample rather than an encoder.
+    sklearn.neural_network.BernoulliRBM : Restricted Boltzmann machine features.
+    sklearn.decomposition.PCA : Dense linear components.
+
+    References
+    ----------
+    .. [1] Gao, L. et al. "Scaling and evaluating sparse autoencoders." arXiv:2406.04093
+       (2024).
+    .. [2] Conerly, T. et al. "Circuits Updates - April 2024: Update on how we train SAEs."
+       Transformer Circuits Thread (2024).
+    .. [3] Bricken, T. et al. "Towards Monosemanticity: Decomposing Language Models With
+       Dictionary Learning." Transformer Circuits Thread (2023).
+
+    Examples
+    --------
+    >>> from sksae import SparseAutoencoderTransformer
+    >>> from sksae.datasets import make_sparse_superposition
+    >>> X = make_sparse_superposition(n_samples=2000, n_features=16, n_sources=32,
+    ...                               n_active=3, random_state=0)
+    >>> sae = SparseAutoencoderTransformer(n_components=64, k=3, max_iter=20, random_state=0)
+    >>> codes = sae.fit_transform(X)
+    >>> codes.shape
+    (2000, 64)
+    >>> int((codes != 0).sum(axis=1).max())
+    3
+    >>> round(sae.score(X), 2) > 0.5
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(SPARSIFIERS))],
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "shuffle": ["boolean"],
+        "device": [str],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        activation="topk",
+        k=16,
+        alpha=0.1,
+        batch_size=256,
+        learning_rate=None,
+        max_iter=200,
+        tol=1e-4,
+        max_no_improvement=10,
+        shuffle=True,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
+        self.n_components = n_components
+        self.activation = activation
+        self.k = k
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.max_iter = max_iter
+        self.tol = tol
+        self.max_no_improvement = max_no_improvement
+        self.shuffle = shuffle
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fitting
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train the autoencoder on ``X`` from a fresh initialisation.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data, float32 or float64 (other numeric types become float64).
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        with _rollback_on_error(self):
+            X = validate_data(self, X, dtype=[np.float64, np.float32])
+            self._check_sparsifier_params()
+            device = self._torch_device()
+            generator = _torch_generator(self.random_state)
+            model = self._new_model(X, generator, device)
+            steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
+            trainer = Trainer(
+                model,
+                learning_rate=self._learning_rate(),
+                alpha=self.alpha,
+                alpha_warmup_steps=math.ceil(
+                    _ALPHA_WARMUP_FRACTION * self.max_iter * steps_per_epoch
+                ),
+            )
+            self._run_epochs(X, trainer, generator)
+        return self
+
+    def _run_epochs(self, X, trainer, generator):
+        X_tensor = to_tensor(X, trainer.model.W_dec.device)
+        fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
+        fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
+        shuffle_generator = generator if self.shuffle else None
+        losses = []
+        best_loss, epochs_without_improvement = math.inf, 0
+        for epoch in range(self.max_iter):
+            epoch_ctx = fit_ctx.subcontext(task_name="epoch")
+            epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
+            stats = self._train_pass(trainer, X_tensor, shuffle_generator)
+            losses.append(stats.loss)
+            if self.verbose:
+                print(f"[{type(self).__name__}] epoch {epoch + 1}: loss {stats.loss:.6g}")
+            stop = epoch_ctx.call_on_fit_task_end(
+                estimator=self,
+                X=X,
+                reconstruction_attributes=lambda: self._fitted_attributes(
+                    trainer, stats, losses, n_iter=len(losses)
+                ),
+            )
+            if stats.loss < best_loss * (1.0 - self.tol):
+                best_loss, epochs_without_improvement = stats.loss, 0
+            else:
+                epochs_without_improvement += 1
+            if stop or epochs_without_improvement == self.max_no_improvement:
+                break
+        self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=len(losses)))
+        fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def partial_fit(self, X, y=None):
+        """Train on one batch of data: one pass over ``X`` in minibatches, in order.
+
+        The first call initialises the model from ``X`` (decoder bias at its geometric
+        median); later calls continue it, Adam's moments included. Parameters that fix
+        the shape of the model (``n_components``, ``activation``, ``k``) cannot change
+        between calls.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training data.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The estimator, updated.
+        """
+        first_call = not hasattr(self, "components_")
+        with _rollback_on_error(self):
+            # _fit_context validates parameters on the first call only.
+            self._validate_params()
+            # Later calls cast X to the dtype the model was fitted in.
+            dtype = [np.float64, np.float32] if first_call else self.components_.dtype
+            X = validate_data(self, X, dtype=dtype, reset=first_call)
+            self._check_sparsifier_params()
+            device = self._torch_device()
+            if first_call:
+                model = self._new_model(X, _torch_generator(self.random_state), device)
+                trainer = Trainer(model, learning_rate=self._learning_rate(), alpha=self.alpha)
+                losses = []
+            else:
+                self._check_same_model_shape()
+                trainer = Trainer(
+                    self._module(device, training=True),
+                    learning_rate=self._learning_rate(),
+                    alpha=self.alpha,
+                    n_steps=self.n_steps_,
+                    optimizer_state=_tree_map(
+                        lambda a: torch.from_numpy(a.copy()), self._optimizer_state
+                    ),
+                    reference_loss=self._reference_loss,
+                )
+                losses = list(self.loss_curve_)
+            stats = self._train_pass(trainer, to_tensor(X, device), None)
+            losses.append(stats.loss)
+            n_iter = 1 if first_call else self.n_iter_ + 1
+            self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=n_iter))
+        return self
+
+    def _train_pass(self, trainer, X_tensor, generator):
+        try:
+            return trainer.run_epoch(X_tensor, self.batch_size, generator=generator)
+        except TrainingDiverged as exc:
+            raise ValueError(
+                f"Training diverged: {exc}. The learning_rate "
+                f"({self._learning_rate():.3g}) is most likely too high for this data; "
+                "lower it, or scale the data (e.g. with StandardScaler)."
+            ) from exc
+
+    def _fitted_attributes(self, trainer, stats, losses, *, n_iter):
+        """Numpy snapshot of the trainer's model: the fitted attributes of this estimator."""
+        model = trainer.model
+        return {
+            "components_": _to_numpy(model.W_dec),
+            "encoder_weights_": _to_numpy(model.W_enc),
+            "encoder_bias_": _to_numpy(model.b_enc),
+            "decoder_bias_": _to_numpy(model.b_dec),
+            "feature_density_": stats.feature_density.numpy(),
+            "loss_curve_": list(losses),
+            "n_iter_": n_iter,
+            "n_steps_": trainer.n_steps,
+            "_fitted_sparsifier_params": self._sparsifier_params(),
+            "_optimizer_state": _tree_map(_to_numpy, trainer.optimizer_state()),
+            "_reference_loss": trainer.reference_loss,
+        }
+
+    # ------------------------------------------------------------------ model construction
+
+    def _sparsifier_params(self):
+        """What fixes the encoder of a fitted model; kept so set_params cannot change it."""
+        if self.activation == "topk":
+            return {"activation": "topk", "k": self.k}
+        return {"activation": self.activation}
+
+    def _check_sparsifier_params(self):
+        if self.activation == "topk" and self.k > self.n_components:
+            raise ValueError(
+                f"k={self.k} must be at most n_components={self.n_components}: a TopK "
+                "code cannot keep more latents than the dictionary has."
+            )
+
+    def _check_same_model_shape(self):
+        fitted = self._fitted_sparsifier_params
+        if fitted != self._sparsifier_params() or self.components_.shape[0] != self.n_components:
+            raise ValueError(
+                "n_components, activation and k cannot change between partial_fit calls: "
+                f"the model was fitted with n_components={self.components_.shape[0]} and "
+                f"{fitted}. Call fit to train a new model."
+            )
+
+    def _new_model(self, X, generator, device):
+        torch_dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+        model = SparseAutoencoder(
+            X.shape[1],
+            self.n_components,
+            _make_sparsifier(self._sparsifier_params()),
+            dtype=torch_dtype,
+            device=device,
+        )
+        rows = torch.randperm(X.shape[0], generator=generator)[:_MEDIAN_SAMPLE_ROWS]
+        sample = torch.from_numpy(X[np.sort(rows.numpy())])
+        model.reset_parameters(generator, b_dec=geometric_median(sample))
+        return model
+
+    def _module(self, device, *, training=False):
+        """The torch module of the fitted state (on copies of the arrays when ``training``).
+
+        Training must never write into the fitted arrays: a failed call rolls back to them.
+        """
+        convert = (lambda a: to_tensor(a.copy(), device)) if training else (lambda a: to_tensor(a, device))
+        return SparseAutoencoder.from_tensors(
+            _make_sparsifier(self._fitted_sparsifier_params),
+            W_enc=convert(self.encoder_weights_),
+            b_enc=convert(self.encoder_bias_),
+            W_dec=convert(self.components_),
+            b_dec=convert(self.decoder_bias_),
+            requires_grad=training,
+        )
+
+    def _learning_rate(self):
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return min(1e-2, 2e-4 / math.sqrt(self.n_components / 2**14))
+
+    def _torch_device(self):
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"device={self.device!r} is not a torch device; use 'cpu', 'cuda', "
+                "'cuda:<index>' or 'auto'."
+            ) from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(
+                f"device={self.device!r} was requested, but torch sees no CUDA GPU on "
+                "this machine; use device='cpu' or device='auto'."
+            )
+        if device.type not in {"cpu", "cuda"}:
+            raise ValueError(f"device={self.device!r} is not supported; use 'cpu' or 'cuda'.")
+        return device
+
+    # ------------------------------------------------------------------ inference
+
+    def _inference_device(self):
+        # A model fitted on a GPU still encodes on a machine without one.
+        try:
+            return self._torch_device()
+        except ValueError:
+            return torch.device("cpu")
+
+    def _map_rows(self, fn, X):
+        device = self._inference_device()
+        model = self._module(device)
+        with torch.inference_mode():
+            return map_rows(lambda chunk: fn(model, chunk), X, device=device)
+
+    def _validate_input(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+
+    def transform(self, X):
+        """Encode ``X`` as sparse codes.
+
+        Each row is encoded on its own: the result for a sample does not depend on the
+        other samples passed with it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data to encode.
+
+        Returns
+        -------
+        codes : ndarray of shape (n_samples, n_components)
+            Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64).
+        """
+        X = self._validate_input(X)
+        return self._map_rows(lambda model, x: model.encode(x).to_dense(model.n_latents), X)
+
+    def inverse_transform(self, X):
+        """Reconstruct data from codes: ``X @ components_ + decoder_bias_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_components)
+            Codes, for example from :meth:`transform`.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+            Reconstructed data, in the fitted dtype.
+        """
+        check_is_fitted(self)
+        codes = check_array(X, dtype=self.components_.dtype)
+        if codes.shape[1] != self.components_.shape[0]:
+            raise ValueError(
+                f"X has {codes.shape[1]} features, but inverse_transform expects codes "
+                f"with n_components={self.components_.shape[0]} columns."
+            )
+        return self._map_rows(lambda model, h: model.decode(Code(h)), codes)
+
+    def score_samples(self, X):
+        """Minus the squared reconstruction error of each sample.
+
+        Higher is better. It is the natural anomaly score: samples unlike the training
+        data reconstruct badly. It is in the squared units of ``X``, so scale features
+        that should count equally to a common scale first.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            ``-||x - x_hat||^2`` for each sample.
+        """
+        return -self._squared_errors(self._validate_input(X))
+
+    def score(self, X, y=None):
+        """Explained variance of the reconstruction, ``1 - FVU``.
+
+        ``FVU = sum ||x - x_hat||^2 / sum ||x - mean(X)||^2``, so 1 is a perfect
+        reconstruction and 0 is no better than the mean sample. This is what
+        :class:`~sklearn.model_selection.GridSearchCV` maximises when no ``scoring`` is
+        given: it favours the most faithful reconstruction, which grows with ``k`` and
+        ``n_components`` and shrinks with ``alpha``; compare sparsity settings with a
+        downstream score instead.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        score : float
+        """
+        X = self._validate_input(X)
+        residual = self._squared_errors(X).sum(dtype=np.float64)
+        total = np.square(X - X.mean(axis=0, dtype=np.float64)).sum()
+        return float(1.0 - residual / total) if total > 0 else float(residual == 0)
+
+    def _squared_errors(self, X):
+        def squared_error(model, x):
+            return (x - model.decode(model.encode(x))).square().sum(dim=1)
+
+        return self._map_rows(squared_error, X)
+
+    @property
+    def _n_features_out(self):
+        return self.components_.shape[0]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _make_sparsifier(params):
+    params = dict(params)
+    return SPARSIFIERS[params.pop("activation")](**params)
+
+
+def _torch_generator(random_state):
+    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _to_numpy(tensor):
+    return tensor.detach().cpu().numpy().copy()
+
+
+def _tree_map(fn, tree):
+    """Apply ``fn`` to every tensor or array leaf of nested dicts and lists."""
+    if isinstance(tree, dict):
+        return {key: _tree_map(fn, value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_tree_map(fn, value) for value in tree)
+    if isinstance(tree, torch.Tensor | np.ndarray):
+        return fn(tree)
+    return tree
+
+
+@contextmanager
+def _rollback_on_error(estimator):
+    """Restore the estimator's attributes if the block raises: no half-fitted state.
+
+    Fitted attributes are only ever replaced, never written in place, so a shallow copy
+    of ``__dict__`` is a faithful snapshot.
+    """
+    saved = dict(estimator.__dict__)
+    try:
+        yield
+    except BaseException:
+        for key in set(estimator.__dict__) - set(saved) - _CALLBACK_ATTRIBUTES:
+            del estimator.__dict__[key]
+        estimator.__dict__.update(
+            {key: value for key, value in saved.items() if key not in _CALLBACK_ATTRIBUTES}
+        )
+        raise

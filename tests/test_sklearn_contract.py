@@ -1,0 +1,52 @@
+"""scikit-learn's estimator contract: the common checks, and those sklearn runs only on itself."""
+
+import pytest
+from sklearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_estimators_partial_fit_n_features,
+    check_get_feature_names_out_error,
+    check_global_output_transform_pandas,
+    check_param_validation,
+    check_set_output_transform,
+    check_set_output_transform_pandas,
+    check_transformer_get_feature_names_out,
+    check_transformer_get_feature_names_out_pandas,
+    parametrize_with_checks,
+)
+
+from sksae import SparseAutoencoderTransformer
+
+
+def _instances():
+    # k=1: several checks set n_components=1 on the instance, and k may not exceed it.
+    return [
+        SparseAutoencoderTransformer(n_components=8, k=1, max_iter=5, random_state=0),
+        SparseAutoencoderTransformer(
+            n_components=8, activation="relu", max_iter=5, random_state=0
+        ),
+    ]
+
+
+@parametrize_with_checks(_instances(), expected_failed_checks=lambda est: {}, xfail_strict=True)
+def test_sklearn_compatible_estimator(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_param_validation,
+        check_set_output_transform,
+        check_set_output_transform_pandas,
+        check_global_output_transform_pandas,
+        check_transformer_get_feature_names_out,
+        check_transformer_get_feature_names_out_pandas,
+        check_get_feature_names_out_error,
+        check_dataframe_column_names_consistency,
+        check_estimators_partial_fit_n_features,
+    ],
+    ids=lambda check: check.__name__,
+)
+@pytest.mark.parametrize("estimator", _instances(), ids=lambda est: est.activation)
+def test_checks_sklearn_runs_only_on_itself(estimator, check):
+    check(type(estimator).__name__, estimator)
