@@ -2,6 +2,7 @@
 
 import math
 from contextlib import contextmanager
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -278,8 +279,9 @@ class SparseAutoencoderTransformer(
             stop = epoch_ctx.call_on_fit_task_end(
                 estimator=self,
                 X=X,
-                reconstruction_attributes=lambda: self._fitted_attributes(
-                    trainer, stats, losses, n_iter=len(losses)
+                # Evaluated by the callbacks only if one asks for a fitted estimator.
+                reconstruction_attributes=partial(
+                    self._fitted_attributes, trainer, stats, losses, n_iter=len(losses)
                 ),
             )
             if stats.loss < best_loss * (1.0 - self.tol):
@@ -414,7 +416,11 @@ class SparseAutoencoderTransformer(
 
         Training must never write into the fitted arrays: a failed call rolls back to them.
         """
-        convert = (lambda a: to_tensor(a.copy(), device)) if training else (lambda a: to_tensor(a, device))
+        convert = (
+            (lambda a: to_tensor(a.copy(), device))
+            if training
+            else (lambda a: to_tensor(a, device))
+        )
         return SparseAutoencoder.from_tensors(
             _make_sparsifier(self._fitted_sparsifier_params),
             W_enc=convert(self.encoder_weights_),

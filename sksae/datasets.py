@@ -1,9 +1,10 @@
 """Synthetic data with known ground truth, to test what a sparse autoencoder recovers."""
 
+from numbers import Integral, Real
+
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
-from numbers import Integral, Real
 
 __all__ = ["make_sparse_superposition"]
 

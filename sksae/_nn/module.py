@@ -99,7 +99,9 @@ class SparseAutoencoder(torch.nn.Module):
     @torch.no_grad()
     def normalize_decoder(self):
         """Rescale decoder rows to unit norm (for sparsifiers that ask for it)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(
+            torch.finfo(self.W_dec.dtype).tiny
+        )
 
     @torch.no_grad()
     def remove_parallel_decoder_grad(self):
@@ -137,4 +139,3 @@ def geometric_median(X, *, max_iter=100, tol=1e-6):
         if shift <= tol * (1.0 + median.norm()):
             break
     return median
-

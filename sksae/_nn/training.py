@@ -74,6 +74,9 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
+            # The saved state carries the old learning rate; the caller's one wins.
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
 
     def _alpha_now(self):
         if self.n_steps >= self.alpha_warmup_steps:

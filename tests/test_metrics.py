@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from sksae.metrics import dead_fraction, fvu, l0, mmcs
+
+
+def test_fvu_hand_computed():
+    X = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])  # column means 2 and 3
+    X_hat = np.array([[1.0, 2.0], [3.0, 3.0], [2.0, 3.0]])
+    # residual 0 + 1 + 4 = 5; total variance (1 + 1 + 0) + (1 + 1 + 4) = 8
+    assert fvu(X, X_hat) == pytest.approx(5 / 8)
+    assert fvu(X, X) == 0.0
+    assert fvu(X, np.tile(X.mean(axis=0), (3, 1))) == pytest.approx(1.0)
+
+
+def test_fvu_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="same shape"):
+        fvu(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_l0_dense_and_sparse():
+    codes = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, -1.0]])
+    assert l0(codes) == pytest.approx(4 / 3)
+    assert l0(sp.csr_array(codes)) == pytest.approx(4 / 3)
+
+
+def test_dead_fraction_dense_and_sparse_ignores_explicit_zeros():
+    codes = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 3.0, 0.0]])
+    assert dead_fraction(codes) == 0.5
+    explicit_zero = sp.csr_array(
+        (np.array([0.0, 1.0]), np.array([0, 1]), np.array([0, 2])), shape=(1, 4)
+    )
+    assert dead_fraction(explicit_zero) == 0.75
+
+
+def test_mmcs_hand_computed():
+    true = np.array([[1.0, 0.0], [0.0, 1.0]])
+    learned = np.array([[3.0, 4.0], [0.0, -2.0]])  # cosines with true: (0.6, 0.8), (0, -1)
+    assert mmcs(true, learned) == pytest.approx((0.6 + 1.0) / 2)
+    assert mmcs(true, true) == 1.0
+    with pytest.raises(ValueError, match="features"):
+        mmcs(true, np.ones((2, 3)))

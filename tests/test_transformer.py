@@ -1,0 +1,389 @@
+"""Behaviour of SparseAutoencoderTransformer beyond scikit-learn's common checks."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.callback import ProgressBar  # noqa: F401  (the callback API must import)
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, train_test_split
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler
+
+from sksae import SparseAutoencoderTransformer
+from sksae.datasets import make_sparse_superposition
+from sksae.metrics import dead_fraction, fvu, l0, mmcs
+
+FITTED_ARRAYS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+
+
+def _sae(**params):
+    defaults = dict(n_components=64, k=3, max_iter=5, random_state=0)
+    return SparseAutoencoderTransformer(**{**defaults, **params})
+
+
+def _state(estimator):
+    """Everything a fitted estimator holds, arrays copied, for bitwise comparisons."""
+    return pickle.dumps(estimator.__dict__)
+
+
+# ---------------------------------------------------------------- determinism and dtypes
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_same_seed_gives_bitwise_identical_model(superposition_small, activation):
+    X, _ = superposition_small
+    first = _sae(activation=activation).fit(X)
+    second = _sae(activation=activation).fit(X)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    np.testing.assert_array_equal(first.transform(X), second.transform(X))
+    different = _sae(activation=activation, random_state=1).fit(X)
+    assert not np.array_equal(first.components_, different.components_)
+
+
+def test_fit_leaves_global_torch_rng_untouched(superposition_small):
+    X, _ = superposition_small
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    _sae(random_state=None).fit(X)
+    np.testing.assert_array_equal(torch.rand(5).numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_is_preserved_end_to_end(superposition_small, dtype):
+    X = superposition_small[0].astype(dtype)
+    sae = _sae().fit(X)
+    codes = sae.transform(X)
+    assert sae.components_.dtype == dtype
+    assert codes.dtype == dtype
+    assert sae.inverse_transform(codes).dtype == dtype
+    assert sae.score_samples(X).dtype == dtype
+    assert sae.partial_fit(X.astype(np.float64)).components_.dtype == dtype
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_transform_of_one_row_equals_row_of_transform(superposition_small, activation):
+    X, _ = superposition_small
+    X = X[:600]  # more than one inference chunk
+    sae = _sae(activation=activation).fit(X)
+    codes = sae.transform(X)
+    for i in [0, 1, 255, 256, 599]:
+        np.testing.assert_array_equal(sae.transform(X[i : i + 1])[0], codes[i])
+    permutation = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_array_equal(sae.transform(X[permutation]), codes[permutation])
+
+
+def test_pickle_and_clone_round_trip(superposition_small):
+    X, _ = superposition_small
+    sae = _sae().fit(X)
+    restored = pickle.loads(pickle.dumps(sae))
+    np.testing.assert_array_equal(restored.transform(X), sae.transform(X))
+    assert restored.score(X) == sae.score(X)
+    fresh = clone(sae)
+    assert not hasattr(fresh, "components_")
+    assert fresh.get_params() == sae.get_params()
+
+
+def test_model_fitted_for_a_gpu_encodes_on_a_cpu_only_machine(superposition_small, monkeypatch):
+    X, _ = superposition_small
+    sae = _sae().fit(X)
+    expected = sae.transform(X)
+    sae.set_params(device="cuda")  # as if unpickled from a GPU fit
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    np.testing.assert_array_equal(sae.transform(X), expected)
+
+
+# ---------------------------------------------------------------- what the model computes
+
+
+def test_topk_codes_have_at_most_k_active_latents_and_unit_decoder(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(k=4).fit(X)
+    codes = sae.transform(X)
+    assert (np.count_nonzero(codes, axis=1) <= 4).all()
+    assert (codes >= 0).all()
+    np.testing.assert_allclose(np.linalg.norm(sae.components_, axis=1), 1.0, rtol=1e-5)
+
+
+def test_inverse_transform_is_the_affine_decoder(superposition_small):
+    X, _ = superposition_small
+    sae = _sae().fit(X)
+    codes = sae.transform(X)
+    expected = codes.astype(np.float64) @ sae.components_ + sae.decoder_bias_
+    np.testing.assert_allclose(sae.inverse_transform(codes), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_score_is_explained_variance_and_score_samples_the_squared_error(superposition_small):
+    X, _ = superposition_small
+    sae = _sae().fit(X)
+    X_hat = sae.inverse_transform(sae.transform(X))
+    score = sae.score(X)
+    assert isinstance(score, float)
+    assert score == pytest.approx(1 - fvu(X, X_hat), rel=1e-5)
+    expected = -np.square(X.astype(np.float64) - X_hat).sum(axis=1)
+    np.testing.assert_allclose(sae.score_samples(X), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_training_improves_the_reconstruction(superposition_small):
+    X, _ = superposition_small
+    short = _sae(max_iter=1).fit(X)
+    longer = _sae(max_iter=20).fit(X)
+    assert longer.score(X) > short.score(X) + 0.05
+    assert longer.loss_curve_[-1] < longer.loss_curve_[0]
+    assert longer.n_iter_ == len(longer.loss_curve_) == 20
+    assert longer.n_steps_ == 20 * int(np.ceil(len(X) / longer.batch_size))
+
+
+def test_relu_alpha_trades_reconstruction_for_sparsity(superposition_small):
+    X, _ = superposition_small
+    dense = _sae(activation="relu", alpha=0.0, max_iter=10).fit(X)
+    sparse = _sae(activation="relu", alpha=1.0, max_iter=10).fit(X)
+    assert l0(sparse.transform(X)) < 0.5 * l0(dense.transform(X))
+    assert sparse.score(X) < dense.score(X)
+
+
+def test_early_stopping_on_a_plateau(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(max_iter=500, tol=0.5, max_no_improvement=2).fit(X)
+    assert sae.n_iter_ < 10
+    assert len(sae.loss_curve_) == sae.n_iter_
+
+
+def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(k=3, n_components=512).fit(X)
+    assert sae.feature_density_.shape == (512,)
+    assert sae.feature_density_.sum() == pytest.approx(3.0, rel=1e-6)  # k per sample
+    assert 0 < (sae.feature_density_ == 0).mean() < 1
+
+
+def test_feature_names_out():
+    X = np.random.default_rng(0).random((50, 4))
+    sae = _sae(n_components=5, k=2).fit(X)
+    names = sae.get_feature_names_out()
+    assert list(names) == [f"sparseautoencodertransformer{i}" for i in range(5)]
+
+
+def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
+    X, _ = superposition_small
+
+    class StopAfterTwoEpochs:
+        def setup(self, estimator, context):
+            pass
+
+        def on_fit_task_begin(self, estimator, context, **kwargs):
+            pass
+
+        def on_fit_task_end(self, estimator, context, *, fitted_estimator):
+            if context.task_name == "epoch":
+                assert fitted_estimator.transform(X[:3]).shape == (3, 64)
+                return context.task_id == 1
+
+        def teardown(self, estimator, context):
+            pass
+
+    sae = _sae(max_iter=50).set_callbacks(StopAfterTwoEpochs()).fit(X)
+    assert sae.n_iter_ == 2
+    assert sae.transform(X).shape == (len(X), 64)
+
+
+# ---------------------------------------------------------------- partial_fit
+
+
+def test_partial_fit_continues_training(superposition_small):
+    X, _ = superposition_small
+    sae = _sae()
+    scores = []
+    for chunk in np.array_split(X, 8):
+        sae.partial_fit(chunk)
+        scores.append(sae.score(X))
+    assert sae.n_iter_ == 8
+    assert sae.n_steps_ == sum(int(np.ceil(len(c) / sae.batch_size)) for c in np.array_split(X, 8))
+    assert scores[-1] > scores[0]
+    assert len(sae.loss_curve_) == 8
+
+
+def test_partial_fit_after_fit_starts_from_the_fitted_model(superposition_small):
+    X, _ = superposition_small
+    sae = _sae().fit(X)
+    before = sae.components_.copy()
+    sae.partial_fit(X[:100])
+    assert sae.n_iter_ == 6
+    assert not np.array_equal(sae.components_, before)
+    assert np.abs(sae.components_ - before).max() < 0.1
+
+
+def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
+    X, _ = superposition_small
+    sae = _sae().partial_fit(X)
+    state = _state(sae)
+    for change in [dict(n_components=32), dict(k=2), dict(activation="relu")]:
+        with pytest.raises(ValueError, match="cannot change between partial_fit calls"):
+            sae.set_params(**change).partial_fit(X)
+        sae.set_params(n_components=64, k=3, activation="topk")
+        assert _state(sae) == state
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(k=100), "k=100 must be at most n_components=64"),
+        (dict(k=0), "'k' parameter"),
+        (dict(alpha=-1.0), "'alpha' parameter"),
+        (dict(activation="sigmoid"), "'activation' parameter"),
+        (dict(device="gpu-please"), "is not a torch device"),
+        (dict(device="mps"), "not supported"),
+    ],
+)
+def test_invalid_parameters_are_named(superposition_small, params, match):
+    X, _ = superposition_small
+    with pytest.raises(ValueError, match=match):
+        _sae(**params).fit(X)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(superposition_small, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    sae = _sae(device="cuda")
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        sae.fit(superposition_small[0])
+    assert not hasattr(sae, "components_")
+    assert not hasattr(sae, "n_features_in_")
+
+
+BAD_INPUTS = {
+    "nan": (
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X),
+        ValueError,
+        "NaN",
+    ),
+    "inf": (
+        lambda X: np.where(np.arange(X.size).reshape(X.shape) == 7, np.inf, X),
+        ValueError,
+        "infinity",
+    ),
+    "1-d": (lambda X: X[:, 0], ValueError, "Expected 2D array"),
+    "3-d": (lambda X: X[:, :, None], ValueError, "dim 3"),
+    "empty": (lambda X: X[:0], ValueError, "0 sample"),
+    "complex": (lambda X: X + 1j, ValueError, "Complex data not supported"),
+    "strings": (lambda X: X.astype(str).astype(object) + "x", ValueError, "could not convert"),
+    "wrong n_features": (lambda X: X[:, :-1], ValueError, "features"),
+}
+
+
+@pytest.mark.parametrize("method", ["transform", "partial_fit", "score", "score_samples"])
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
+def test_bad_input_is_rejected_and_leaves_the_model_unchanged(superposition_small, method, case):
+    X, _ = superposition_small
+    make_bad, error, match = BAD_INPUTS[case]
+    sae = _sae(max_iter=2).fit(X)
+    state = _state(sae)
+    with pytest.raises(error, match=match):
+        getattr(sae, method)(make_bad(X[:50].astype(np.float64)))
+    assert _state(sae) == state
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_INPUTS if c != "wrong n_features"], ids=str)
+def test_bad_input_to_fit_is_rejected(superposition_small, case):
+    make_bad, error, match = BAD_INPUTS[case]
+    sae = _sae(max_iter=2)
+    with pytest.raises(error, match=match):
+        sae.fit(make_bad(superposition_small[0][:50].astype(np.float64)))
+    assert not hasattr(sae, "n_features_in_")
+
+
+def test_inverse_transform_checks_its_codes(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(max_iter=2).fit(X)
+    state = _state(sae)
+    with pytest.raises(ValueError, match="n_components=64"):
+        sae.inverse_transform(np.zeros((3, 63)))
+    with pytest.raises(ValueError, match="NaN"):
+        sae.inverse_transform(np.full((3, 64), np.nan))
+    assert _state(sae) == state
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation):
+    # float64 keeps such a fit finite while the loss grows by many orders of magnitude.
+    X = make_sparse_superposition(2000, 16, 48, 3, random_state=0)
+    sae = _sae(activation=activation, learning_rate=1e8, max_iter=20)
+    with pytest.raises(ValueError, match="learning_rate"):
+        sae.fit(X)
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(sae))
+
+    fitted = _sae(activation=activation, max_iter=2).fit(X)
+    state = _state(fitted)
+    with pytest.raises(ValueError, match="learning_rate"):
+        fitted.set_params(learning_rate=1e8).partial_fit(X)
+    assert _state(fitted.set_params(learning_rate=None)) == state
+
+
+# ---------------------------------------------------------------- quality
+
+
+def test_recovers_the_directions_of_a_superposition():
+    X, directions, _ = make_sparse_superposition(
+        n_samples=50_000,
+        n_features=64,
+        n_sources=256,
+        n_active=5,
+        noise=0.01,
+        random_state=0,
+        return_sources=True,
+    )
+    X = X.astype(np.float32)
+    sae = SparseAutoencoderTransformer(n_components=512, k=5, random_state=0).fit(X)
+    codes = sae.transform(X)
+    assert mmcs(directions, sae.components_) >= 0.97
+    assert fvu(X, sae.inverse_transform(codes)) <= 0.10
+    assert l0(codes) <= 5
+    assert dead_fraction(codes) < 0.5
+
+
+def _digits_split():
+    X, y = load_digits(return_X_y=True)
+    return train_test_split(X, y, test_size=0.2, random_state=0)
+
+
+def test_digits_pipeline_beats_raw_pixels():
+    X_train, X_test, y_train, y_test = _digits_split()
+    accuracies = []
+    for seed in [0, 1, 2]:
+        pipe = make_pipeline(
+            MinMaxScaler(),
+            SparseAutoencoderTransformer(random_state=seed),
+            LogisticRegression(max_iter=1000),
+        )
+        accuracies.append(pipe.fit(X_train, y_train).score(X_test, y_test))
+    # Raw-pixel LogisticRegression scores 0.964 on this split.
+    assert np.mean(accuracies) >= 0.975
+
+
+def test_grid_search_over_k_and_width_in_parallel():
+    X_train, X_test, y_train, y_test = _digits_split()
+    pipe = make_pipeline(
+        MinMaxScaler(),
+        SparseAutoencoderTransformer(max_iter=20, random_state=0),
+        LogisticRegression(max_iter=300),
+    )
+    grid = {
+        "sparseautoencodertransformer__n_components": [32, 64],
+        "sparseautoencodertransformer__k": [4, 8],
+    }
+    search = GridSearchCV(pipe, grid, cv=2, n_jobs=2).fit(X_train, y_train)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.score(X_test, y_test) > 0.9
+
+
+def test_grid_search_by_default_score_prefers_the_better_reconstruction(superposition_small):
+    X, _ = superposition_small
+    search = GridSearchCV(_sae(max_iter=10), {"k": [1, 3]}, cv=2).fit(X)
+    assert search.best_params_ == {"k": 3}
