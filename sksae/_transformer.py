@@ -21,12 +21,14 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ._nn.batches import map_rows, to_tensor
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
-from ._nn.training import Trainer, TrainingDiverged
+from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 #: Rows drawn from the data to place the initial decoder bias at their geometric median.
 _MEDIAN_SAMPLE_ROWS = 4096
 #: Fraction of the planned steps of a fit over which ``alpha`` warms up from 0.
 _ALPHA_WARMUP_FRACTION = 0.05
+#: Fraction of a fit over which the learning rate decays linearly to 0 at its end.
+_DECAY_FRACTION = 0.2
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
 #: rolls back everything else.
 _CALLBACK_ATTRIBUTES = frozenset({"_callback_fit_ctx", "_skl_callbacks_to_teardown"})
@@ -76,6 +78,21 @@ class SparseAutoencoderTransformer(
         depends on the scale of ``X``: standardise or min-max scale it first. Ignored by
         ``"topk"``.
 
+    aux_k : int or None, default=None
+        Number of dead latents the AuxK loss uses to reconstruct the residual, for
+        ``activation="topk"``. ``None`` means ``n_features // 2`` (Gao et al.).
+
+    aux_coef : float, default=1/32
+        Weight of the AuxK loss (Gao et al., 2024): the latents that have not fired for
+        ``dead_steps`` steps are trained to reconstruct what the live ones miss,
+        ``aux_coef * ||e - e_hat||^2 / ||e - mean(e)||^2`` with ``e = x - x_hat``, which
+        brings dead latents back into use. 0 turns it off. Ignored by ``"relu"``, whose
+        penalty keeps every latent's gradient alive.
+
+    dead_steps : int, default=256
+        A latent that has not fired for this many minibatch steps counts as dead for
+        AuxK.
+
     batch_size : int, default=256
         Samples per minibatch (the last one of an epoch may be smaller).
 
@@ -85,15 +102,19 @@ class SparseAutoencoderTransformer(
         dictionaries.
 
     max_iter : int, default=200
-        Maximum number of epochs (passes over the training data) of ``fit``.
+        Maximum number of epochs (passes over the training data) of ``fit``. The
+        learning rate decays linearly to zero over the last 20% of them, unless the fit
+        converges first (see ``max_no_improvement``).
 
-    tol : float, default=1e-4
-        Relative improvement of an epoch's mean training loss over the best so far below
-        which the epoch counts as no improvement.
+    tol : float, default=1e-3
+        An epoch improves on the best mean training loss so far only if it lowers it by
+        more than this fraction of it (a relative tolerance, per epoch).
 
-    max_no_improvement : int or None, default=10
-        ``fit`` stops after this many consecutive epochs without improvement (see
-        ``tol``). ``None`` always runs ``max_iter`` epochs.
+    max_no_improvement : int or None, default=5
+        After this many consecutive epochs without improvement (see ``tol``), ``fit``
+        anneals the learning rate linearly to zero over a cool-down of a quarter as many
+        epochs as it has run (at least one), then stops: the same end as a full run,
+        reached early. ``None`` always runs ``max_iter`` epochs.
 
     shuffle : bool, default=True
         Reshuffle the samples before each epoch of ``fit``. ``partial_fit`` never
@@ -130,6 +151,10 @@ class SparseAutoencoderTransformer(
     feature_density_ : ndarray of shape (n_components,)
         Fraction of the samples of the last epoch (or ``partial_fit`` batch) on which
         each latent fired. Latents at 0 are dead.
+
+    dead_fraction_ : float
+        Fraction of latents that never fired in the last epoch (or ``partial_fit``
+        batch).
 
     loss_curve_ : list of float
         Mean training loss of each epoch (or ``partial_fit`` call).
@@ -184,6 +209,9 @@ class SparseAutoencoderTransformer(
         "activation": [StrOptions(set(SPARSIFIERS))],
         "k": [Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "aux_k": [Interval(Integral, 1, None, closed="left"), None],
+        "aux_coef": [Interval(Real, 0, None, closed="left")],
+        "dead_steps": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
@@ -202,11 +230,14 @@ class SparseAutoencoderTransformer(
         activation="topk",
         k=16,
         alpha=0.1,
+        aux_k=None,
+        aux_coef=1 / 32,
+        dead_steps=256,
         batch_size=256,
         learning_rate=None,
         max_iter=200,
-        tol=1e-4,
-        max_no_improvement=10,
+        tol=1e-3,
+        max_no_improvement=5,
         shuffle=True,
         device="cpu",
         random_state=None,
@@ -216,6 +247,9 @@ class SparseAutoencoderTransformer(
         self.activation = activation
         self.k = k
         self.alpha = alpha
+        self.aux_k = aux_k
+        self.aux_coef = aux_coef
+        self.dead_steps = dead_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.max_iter = max_iter
@@ -249,33 +283,39 @@ class SparseAutoencoderTransformer(
             self._check_sparsifier_params()
             device = self._torch_device()
             generator = _torch_generator(self.random_state)
-            model = self._new_model(X, generator, device)
-            steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
-            trainer = Trainer(
-                model,
-                learning_rate=self._learning_rate(),
-                alpha=self.alpha,
-                alpha_warmup_steps=math.ceil(
-                    _ALPHA_WARMUP_FRACTION * self.max_iter * steps_per_epoch
-                ),
+            planned_steps = self.max_iter * math.ceil(X.shape[0] / self.batch_size)
+            schedule = Schedule(
+                alpha_warmup_steps=math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps),
+                decay_start=math.floor((1 - _DECAY_FRACTION) * planned_steps),
+                decay_steps=planned_steps - math.floor((1 - _DECAY_FRACTION) * planned_steps),
             )
-            self._run_epochs(X, trainer, generator)
+            trainer = self._new_trainer(self._new_model(X, generator, device), schedule)
+            self._run_epochs(X, trainer, generator if self.shuffle else None)
         return self
 
     def _run_epochs(self, X, trainer, generator):
+        """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
+
+        When the loss stops improving (``tol``, ``max_no_improvement``), the learning
+        rate anneals linearly to zero over a cool-down of a quarter as many epochs as
+        were run (at least one), then the fit ends.
+        """
         X_tensor = to_tensor(X, trainer.model.W_dec.device)
+        steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
-        shuffle_generator = generator if self.shuffle else None
         losses = []
         best_loss, epochs_without_improvement = math.inf, 0
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
-            stats = self._train_pass(trainer, X_tensor, shuffle_generator)
+            stats = self._train_pass(trainer, X_tensor, generator)
             losses.append(stats.loss)
             if self.verbose:
-                print(f"[{type(self).__name__}] epoch {epoch + 1}: loss {stats.loss:.6g}")
+                print(
+                    f"[{type(self).__name__}] epoch {epoch + 1}: loss {stats.loss:.6g}, "
+                    f"dead latents {np.mean(stats.feature_density.numpy() == 0):.1%}"
+                )
             stop = epoch_ctx.call_on_fit_task_end(
                 estimator=self,
                 X=X,
@@ -288,7 +328,11 @@ class SparseAutoencoderTransformer(
                 best_loss, epochs_without_improvement = stats.loss, 0
             else:
                 epochs_without_improvement += 1
-            if stop or epochs_without_improvement == self.max_no_improvement:
+            cooling = trainer.schedule.decaying(trainer.n_steps)
+            if epochs_without_improvement == self.max_no_improvement and not cooling:
+                cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
+                trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
+            if stop or trainer.schedule.finished(trainer.n_steps):
                 break
         self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=len(losses)))
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
@@ -298,9 +342,10 @@ class SparseAutoencoderTransformer(
         """Train on one batch of data: one pass over ``X`` in minibatches, in order.
 
         The first call initialises the model from ``X`` (decoder bias at its geometric
-        median); later calls continue it, Adam's moments included. Parameters that fix
-        the shape of the model (``n_components``, ``activation``, ``k``) cannot change
-        between calls.
+        median); later calls continue it, Adam's moments and the dead-latent clocks
+        included. The learning rate is constant (no warm-up or decay) and ``alpha`` is at
+        full strength. Parameters that fix the shape of the model (``n_components``,
+        ``activation``, ``k``) cannot change between calls.
 
         Parameters
         ----------
@@ -325,26 +370,33 @@ class SparseAutoencoderTransformer(
             device = self._torch_device()
             if first_call:
                 model = self._new_model(X, _torch_generator(self.random_state), device)
-                trainer = Trainer(model, learning_rate=self._learning_rate(), alpha=self.alpha)
+                trainer = self._new_trainer(model, Schedule())
                 losses = []
             else:
                 self._check_same_model_shape()
-                trainer = Trainer(
-                    self._module(device, training=True),
-                    learning_rate=self._learning_rate(),
-                    alpha=self.alpha,
-                    n_steps=self.n_steps_,
-                    optimizer_state=_tree_map(
-                        lambda a: torch.from_numpy(a.copy()), self._optimizer_state
-                    ),
-                    reference_loss=self._reference_loss,
-                )
+                state = _tree_map(lambda a: torch.from_numpy(a.copy()), self._trainer_state)
+                trainer = self._new_trainer(self._module(device, training=True), Schedule(), state)
                 losses = list(self.loss_curve_)
             stats = self._train_pass(trainer, to_tensor(X, device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
             self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=n_iter))
         return self
+
+    def _new_trainer(self, model, schedule, state=None):
+        auxk = None
+        if self.aux_coef > 0:
+            n_features = model.W_dec.shape[1]
+            aux_k = max(1, n_features // 2) if self.aux_k is None else self.aux_k
+            auxk = AuxK(k=aux_k, coef=self.aux_coef, dead_steps=self.dead_steps)
+        return Trainer(
+            model,
+            learning_rate=self._learning_rate(),
+            alpha=self.alpha,
+            schedule=schedule,
+            auxk=auxk,
+            state=state,
+        )
 
     def _train_pass(self, trainer, X_tensor, generator):
         try:
@@ -365,12 +417,12 @@ class SparseAutoencoderTransformer(
             "encoder_bias_": _to_numpy(model.b_enc),
             "decoder_bias_": _to_numpy(model.b_dec),
             "feature_density_": stats.feature_density.numpy(),
+            "dead_fraction_": float(np.mean(stats.feature_density.numpy() == 0)),
             "loss_curve_": list(losses),
             "n_iter_": n_iter,
             "n_steps_": trainer.n_steps,
             "_fitted_sparsifier_params": self._sparsifier_params(),
-            "_optimizer_state": _tree_map(_to_numpy, trainer.optimizer_state()),
-            "_reference_loss": trainer.reference_loss,
+            "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
         }
 
     # ------------------------------------------------------------------ model construction

@@ -7,7 +7,7 @@ import torch
 from sksae._nn.batches import map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
 from sksae._nn.sparsifiers import Code, ReLU, TopK
-from sksae._nn.training import Trainer, TrainingDiverged
+from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 
 def _model(sparsifier, n_features=6, n_latents=20, seed=0):
@@ -70,13 +70,79 @@ def test_geometric_median_is_robust_to_outliers():
     assert X.mean(0).norm() > 50
 
 
-def test_alpha_warms_up_linearly():
-    trainer = Trainer(_model(ReLU()), learning_rate=1e-3, alpha=2.0, alpha_warmup_steps=4)
-    seen = []
-    for _ in range(6):
-        seen.append(trainer._alpha_now())
+def test_alpha_warms_up_and_the_learning_rate_decays_on_schedule():
+    schedule = Schedule(alpha_warmup_steps=4, decay_start=6, decay_steps=4)
+    trainer = Trainer(_model(ReLU()), learning_rate=1e-3, alpha=2.0, schedule=schedule)
+    alphas, learning_rates = [], []
+    for _ in range(10):
+        alphas.append(trainer.alpha * schedule.alpha_factor(trainer.n_steps))
         trainer.step(torch.randn(8, 6, dtype=torch.float64))
-    assert seen == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+        learning_rates.append(trainer.optimizer.param_groups[0]["lr"])
+    assert alphas == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    assert learning_rates == pytest.approx([1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4])
+    assert schedule.finished(10) and not schedule.finished(9)
+
+
+def _model_with_dead_latents(n_dead=8):
+    model = _model(TopK(k=2), n_features=6, n_latents=20)
+    with torch.no_grad():
+        model.b_dec.fill_(10.0)  # large, so that counting it twice would show
+        model.b_enc[:n_dead] = -100.0  # never in the top k
+    return model
+
+
+def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
+    model = _model_with_dead_latents()
+    trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=3, coef=1.0, dead_steps=5))
+    trainer.steps_since_fired[:8] = 5  # the first eight latents are dead
+    x = torch.randn(16, 6, dtype=torch.float64) + 10.0
+    pre = model.pre_activation(x).detach()
+    residual = torch.randn(16, 6, dtype=torch.float64)
+
+    # An independent computation: top 3 of the dead latents' pre-activations, ReLU,
+    # through the decoder rows alone.
+    dead_pre = pre[:, :8].numpy()
+    top = np.argsort(-dead_pre, axis=1)[:, :3]
+    values = np.maximum(np.take_along_axis(dead_pre, top, axis=1), 0)
+    W_dec = model.W_dec.detach().numpy()
+    residual_hat = np.einsum("bj,bjf->bf", values, W_dec[:8][top])
+    r = residual.numpy()
+    expected = np.square(r - residual_hat).sum() / np.square(r - r.mean(axis=0)).sum()
+    assert trainer.aux_loss(pre, residual).item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_auxk_revives_dead_latents():
+    X = torch.randn(512, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    alive = {}
+    for coef in [0.0, 1.0]:
+        model = SparseAutoencoder(6, 20, TopK(k=2), dtype=torch.float64)
+        model.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(dim=0))
+        with torch.no_grad():
+            model.b_enc[:8] = -2.5  # the first eight latents start nearly dead
+        trainer = Trainer(model, learning_rate=1e-2, auxk=AuxK(k=3, coef=coef, dead_steps=4))
+        for _ in range(30):
+            stats = trainer.run_epoch(X, batch_size=64)
+        alive[coef] = int((stats.feature_density[:8] > 0).sum())
+    assert alive[1.0] >= alive[0.0] + 3
+
+
+@pytest.mark.parametrize("k, n_latents", [(2, 256), (8, 16)])
+def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(k, n_latents):
+    model = _model(TopK(k=k), n_latents=n_latents)
+    x = torch.randn(32, 6, dtype=torch.float64)
+    pre = model.pre_activation(x)
+    # The sparsifier picks the form that decodes faster: indices only for few actives.
+    assert (model.sparsifier(pre).indices is not None) == (k * 32 <= n_latents)
+    values, indices = pre.topk(k, dim=1)
+    sparse = Code(torch.relu(values), indices)
+    dense = Code(sparse.to_dense(n_latents))
+    loss_sparse = (x - model.decode(sparse)).square().sum()
+    loss_dense = (x - model.decode(dense)).square().sum()
+    torch.testing.assert_close(loss_sparse, loss_dense)
+    grads_sparse = torch.autograd.grad(loss_sparse, list(model.parameters()), retain_graph=True)
+    grads_dense = torch.autograd.grad(loss_dense, list(model.parameters()))
+    for sparse_grad, dense_grad in zip(grads_sparse, grads_dense, strict=True):
+        torch.testing.assert_close(sparse_grad, dense_grad)
 
 
 def test_divergence_is_detected_by_growth_not_only_by_nan():

@@ -147,11 +147,16 @@ def test_relu_alpha_trades_reconstruction_for_sparsity(superposition_small):
     assert sparse.score(X) < dense.score(X)
 
 
-def test_early_stopping_on_a_plateau(superposition_small):
+def test_a_plateau_ends_the_fit_after_a_learning_rate_cool_down(superposition_small):
     X, _ = superposition_small
     sae = _sae(max_iter=500, tol=0.5, max_no_improvement=2).fit(X)
-    assert sae.n_iter_ < 10
+    # No epoch halves the loss after the first: a plateau at epoch 3, then a cool-down
+    # of ceil(3 / 4) = 1 epoch over which the learning rate falls linearly to zero.
+    assert sae.n_iter_ == 4
     assert len(sae.loss_curve_) == sae.n_iter_
+    steps_per_epoch = int(np.ceil(len(X) / sae.batch_size))
+    last_learning_rate = sae._trainer_state["optimizer"]["param_groups"][0]["lr"]
+    assert last_learning_rate == pytest.approx(sae._learning_rate() / steps_per_epoch)
 
 
 def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
@@ -159,7 +164,8 @@ def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
     sae = _sae(k=3, n_components=512).fit(X)
     assert sae.feature_density_.shape == (512,)
     assert sae.feature_density_.sum() == pytest.approx(3.0, rel=1e-6)  # k per sample
-    assert 0 < (sae.feature_density_ == 0).mean() < 1
+    assert 0 < sae.dead_fraction_ < 1
+    assert sae.dead_fraction_ == np.mean(sae.feature_density_ == 0)
 
 
 def test_feature_names_out():

@@ -31,8 +31,10 @@ class SparseAutoencoder(torch.nn.Module):
     >>> sae = SparseAutoencoder(8, 32, TopK(k=4))
     >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=torch.zeros(8))
     >>> x_hat, code = sae(torch.randn(5, 8))
-    >>> x_hat.shape, code.values.shape
-    (torch.Size([5, 8]), torch.Size([5, 4]))
+    >>> x_hat.shape
+    torch.Size([5, 8])
+    >>> (code.to_dense(32) != 0).sum(dim=1).tolist()
+    [4, 4, 4, 4, 4]
     """
 
     def __init__(self, n_features, n_latents, sparsifier, *, dtype=torch.float32, device="cpu"):
@@ -82,11 +84,14 @@ class SparseAutoencoder(torch.nn.Module):
 
     def decode(self, code):
         """Reconstruction ``W_dec^T h + b_dec`` of a :class:`Code`."""
+        return self.decode_directions(code) + self.b_dec
+
+    def decode_directions(self, code):
+        """``W_dec^T h``: the code's combination of decoder rows, without the bias."""
         if code.indices is None:
-            return torch.addmm(self.b_dec, code.values, self.W_dec)
+            return code.values @ self.W_dec
         # Only the k chosen decoder rows are read (and receive gradient).
-        rows = F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
-        return rows + self.b_dec
+        return F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
 
     def forward(self, x):
         """Training pass: ``(x_hat, code)``."""

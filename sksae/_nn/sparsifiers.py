@@ -12,6 +12,7 @@ A code is a :class:`Code`: either a dense ``[batch, n_latents]`` tensor, or the 
 values and latent indices of each row, which lets the decoder touch only the chosen rows.
 """
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -57,6 +58,14 @@ class Sparsifier(torch.nn.Module):
         """Per-batch sparsity penalty (mean over rows), or ``None`` for a hard constraint."""
         return None
 
+    def aux_code(self, pre, dead, aux_k):
+        """Code of the dead latents for the AuxK loss, or ``None`` where AuxK does not apply.
+
+        Only sparsifiers with a hard sparsity constraint need AuxK: a penalty keeps
+        gradients flowing to every latent, a TopK selection does not.
+        """
+        return None
+
 
 class ReLU(Sparsifier):
     """``h = ReLU(pre)`` with an L1 penalty weighted by the decoder row norms.
@@ -86,7 +95,32 @@ class TopK(Sparsifier):
 
     def forward(self, pre):
         values, indices = pre.topk(self.k, dim=1, sorted=False)
-        return Code(F.relu(values), indices)
+        return _compact(Code(F.relu(values), indices), pre.shape[1])
+
+    def aux_code(self, pre, dead, aux_k):
+        """The ``aux_k`` largest pre-activations among the ``dead`` latents (a mask) of each row.
+
+        Live latents are masked to ``-inf``, which ReLU maps to 0: when fewer than
+        ``aux_k`` latents are dead the extra picks contribute nothing, and the host never
+        has to count the dead latents.
+        """
+        masked = pre.masked_fill(~dead, -math.inf)
+        values, indices = masked.topk(min(aux_k, pre.shape[1]), dim=1, sorted=False)
+        return _compact(Code(F.relu(values), indices), pre.shape[1])
+
+
+#: Codes with at most this fraction of latents active are decoded through the chosen
+#: rows alone; denser ones as a dense matmul, which is then faster. Measured on the CPU
+#: (forward and backward): embedding_bag 0.74 ms vs dense 0.93 at k=5 of 512 latents,
+#: 1.35 vs 0.91 at k=16 of 256.
+SPARSE_DECODE_MAX_DENSITY = 1 / 32
+
+
+def _compact(code, n_latents):
+    """``code`` as indices and values if that is the faster form to decode, else dense."""
+    if code.values.shape[1] <= SPARSE_DECODE_MAX_DENSITY * n_latents:
+        return code
+    return Code(code.to_dense(n_latents))
 
     def extra_repr(self):
         return f"k={self.k}"

@@ -1,10 +1,11 @@
 """The minibatch training loop: Adam on a :class:`~sksae._nn.module.SparseAutoencoder`.
 
-The loop keeps the host out of the inner step: losses and firing counts accumulate on
-the device and are read once per pass over the data.
+The loop keeps the host out of the inner step: losses, firing counts and dead-latent
+clocks live on the device and are read once per pass over the data.
 """
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -19,6 +20,75 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became non-finite or grew far beyond its starting value."""
 
 
+@dataclass
+class Schedule:
+    """Multipliers of the learning rate and of ``alpha`` at each step.
+
+    ``alpha`` warms up linearly over ``alpha_warmup_steps``: an L1 penalty at full
+    strength from the first step kills latents before the reconstruction has shaped
+    them. The learning rate is flat, then decays linearly to zero over ``decay_steps``
+    from ``decay_start`` (never, when ``None``). There is no learning-rate warm-up:
+    Adam's bias correction already keeps the first steps small, and on the digits
+    benchmark a warm-up over 5% of the steps cost 0.8 points of downstream accuracy.
+
+    Examples
+    --------
+    >>> from sksae._nn.training import Schedule
+    >>> schedule = Schedule(alpha_warmup_steps=2, decay_start=4, decay_steps=2)
+    >>> [schedule.alpha_factor(step) for step in range(3)]
+    [0.5, 1.0, 1.0]
+    >>> [schedule.learning_rate_factor(step) for step in range(7)]
+    [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
+    """
+
+    alpha_warmup_steps: int = 0
+    decay_start: int | None = None
+    decay_steps: int = 0
+
+    def alpha_factor(self, step):
+        if step >= self.alpha_warmup_steps:
+            return 1.0
+        return (step + 1) / self.alpha_warmup_steps
+
+    def learning_rate_factor(self, step):
+        if self.decay_start is None or step < self.decay_start:
+            return 1.0
+        return max(0.0, (self.decay_start + self.decay_steps - step) / max(self.decay_steps, 1))
+
+    def decay_over(self, start, n_steps):
+        """Anneal linearly to zero over ``n_steps`` from ``start``."""
+        self.decay_start, self.decay_steps = start, n_steps
+
+    def decaying(self, step):
+        return self.decay_start is not None and step >= self.decay_start
+
+    def finished(self, step):
+        """Whether the decay has brought the learning rate to zero by ``step``."""
+        return self.decay_start is not None and step >= self.decay_start + self.decay_steps
+
+
+class AuxK(NamedTuple):
+    """The auxiliary loss that revives dead latents (Gao et al., 2024, appendix A.2).
+
+    A latent is dead after ``dead_steps`` steps without firing. The residual
+    ``e = x - x_hat`` (detached) is reconstructed from the ``k`` largest pre-activations
+    of dead latents, through the decoder rows alone: ``e`` already excludes ``b_dec``, so
+    adding it to ``e_hat`` would count it twice. The loss is
+    ``coef * ||e - e_hat||^2 / ||e - mean(e)||^2``.
+    """
+
+    k: int
+    coef: float
+    dead_steps: int
+
+
+class EpochStats(NamedTuple):
+    """What one pass over the data measured: mean loss, and how often each latent fired."""
+
+    loss: float
+    feature_density: torch.Tensor
+
+
 class Trainer:
     """Adam on the reconstruction loss (+ ``alpha`` times the sparsifier's penalty).
 
@@ -26,18 +96,15 @@ class Trainer:
     ----------
     model : SparseAutoencoder
     learning_rate : float
+        Peak learning rate; :class:`Schedule` scales it at each step.
     alpha : float
         Weight of the sparsifier's penalty (ignored by sparsifiers without one).
-    alpha_warmup_steps : int
-        ``alpha`` grows linearly from 0 to its value over this many steps, so that an L1
-        penalty does not kill latents before the reconstruction has shaped them.
-    n_steps : int
-        Steps already taken (continuing an earlier fit).
-    optimizer_state : dict or None
-        Adam's state from :meth:`optimizer_state` of an earlier trainer, to continue it.
-    reference_loss : float or None
-        The yardstick for divergence, in the units of the loss; measured on the first
-        batch when ``None``.
+    schedule : Schedule or None
+        Learning-rate and ``alpha`` multipliers; constant when ``None``.
+    auxk : AuxK or None
+        Auxiliary loss for dead latents, used with sparsifiers that support it.
+    state : dict or None
+        :meth:`state_dict` of an earlier trainer of the same model, to continue it.
 
     Examples
     --------
@@ -55,42 +122,59 @@ class Trainer:
     True
     """
 
-    def __init__(
-        self,
-        model,
-        *,
-        learning_rate,
-        alpha=0.0,
-        alpha_warmup_steps=0,
-        n_steps=0,
-        optimizer_state=None,
-        reference_loss=None,
-    ):
+    def __init__(self, model, *, learning_rate, alpha=0.0, schedule=None, auxk=None, state=None):
         self.model = model
+        self.learning_rate = learning_rate
         self.alpha = alpha
-        self.alpha_warmup_steps = alpha_warmup_steps
-        self.n_steps = n_steps
-        self.reference_loss = reference_loss
+        self.schedule = schedule or Schedule()
+        self.auxk = auxk
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
-        if optimizer_state is not None:
-            self.optimizer.load_state_dict(optimizer_state)
-            # The saved state carries the old learning rate; the caller's one wins.
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate
+        device = model.W_dec.device
+        self.n_steps = 0
+        # The yardstick of divergence, measured on the first batch.
+        self.reference_loss = None
+        self.steps_since_fired = torch.zeros(model.n_latents, dtype=torch.int64, device=device)
+        if state is not None:
+            self.load_state_dict(state)
+        self._refresh_auxk()
 
-    def _alpha_now(self):
-        if self.n_steps >= self.alpha_warmup_steps:
-            return self.alpha
-        return self.alpha * (self.n_steps + 1) / self.alpha_warmup_steps
+    def _refresh_auxk(self):
+        """Decide whether AuxK runs until the next check (one host sync per check).
+
+        A latent needs ``dead_steps`` steps without firing to die, so checking every
+        ``dead_steps`` steps finds each dead latent at most that late, and a fit without
+        dead latents skips AuxK's cost entirely.
+        """
+        self._auxk_on = self.auxk is not None and bool(
+            (self.steps_since_fired >= self.auxk.dead_steps).any()
+        )
 
     def loss(self, x):
-        """Training loss of a batch: mean squared error summed over features (+ penalty)."""
-        x_hat, code = self.model(x)
+        """Training loss of a batch: squared error summed over features, mean over rows."""
+        model = self.model
+        pre = model.pre_activation(x)
+        code = model.sparsifier(pre)
+        x_hat = model.decode(code)
         loss = (x - x_hat).square().sum(dim=1).mean()
-        penalty = self.model.sparsifier.penalty(code, self.model.decoder_norms())
+        penalty = model.sparsifier.penalty(code, model.decoder_norms())
         if penalty is not None and self.alpha:
-            loss = loss + self._alpha_now() * penalty
+            loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
+        if self._auxk_on:
+            aux = self.aux_loss(pre, (x - x_hat).detach())
+            if aux is not None:
+                loss = loss + self.auxk.coef * aux
         return loss, code
+
+    def aux_loss(self, pre, residual):
+        """AuxK's normalised reconstruction of ``residual`` by the dead latents, or None."""
+        dead = self.steps_since_fired >= self.auxk.dead_steps
+        aux_code = self.model.sparsifier.aux_code(pre, dead, self.auxk.k)
+        if aux_code is None:
+            return None
+        residual_hat = self.model.decode_directions(aux_code)
+        error = (residual - residual_hat).square().sum()
+        scale = (residual - residual.mean(dim=0)).square().sum()
+        return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
 
     def step(self, x):
         """One Adam step on the batch ``x``; returns the detached loss and the code."""
@@ -100,6 +184,10 @@ class Trainer:
             with torch.no_grad():
                 zero_code_loss = (x - self.model.b_dec).square().sum(dim=1).mean()
                 self.reference_loss = float(zero_code_loss + x.square().sum(dim=1).mean())
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate * self.schedule.learning_rate_factor(self.n_steps)
+        if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
+            self._refresh_auxk()
         self.optimizer.zero_grad(set_to_none=True)
         loss, code = self.loss(x)
         loss.backward()
@@ -116,12 +204,12 @@ class Trainer:
         """One pass over the rows of ``X`` in minibatches, shuffled when a generator is given.
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
-        is non-finite or more than ``DIVERGENCE_FACTOR`` times the zero-code loss.
+        is non-finite or more than ``DIVERGENCE_FACTOR`` times the reference loss.
         """
         n_samples = X.shape[0]
-        order = None if generator is None else torch.randperm(n_samples, generator=generator)
-        if order is not None:
-            order = order.to(X.device)
+        order = None
+        if generator is not None:
+            order = torch.randperm(n_samples, generator=generator).to(X.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
         fired = torch.zeros(self.model.n_latents, dtype=torch.float64, device=X.device)
         for start in range(0, n_samples, batch_size):
@@ -129,7 +217,9 @@ class Trainer:
             batch = X[rows] if order is None else X[order[rows]]
             loss, code = self.step(batch)
             loss_sum += loss * batch.shape[0]
-            _count_firings(fired, code)
+            fired_now = _firings(code, self.model.n_latents, fired.dtype)
+            fired += fired_now
+            self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
         loss = loss_sum.item() / n_samples
         self._check_divergence(loss)
         return EpochStats(loss=loss, feature_density=(fired / n_samples).cpu())
@@ -142,22 +232,27 @@ class Trainer:
                 "for the all-zero code and the data's squared norm together"
             )
 
-    def optimizer_state(self):
-        """Adam's state, to pass as ``optimizer_state`` of a later trainer."""
-        return self.optimizer.state_dict()
+    def state_dict(self):
+        """What a later trainer needs to continue this one (tensors and numbers)."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "n_steps": self.n_steps,
+            "reference_loss": self.reference_loss,
+            "steps_since_fired": self.steps_since_fired,
+        }
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.n_steps = state["n_steps"]
+        self.reference_loss = state["reference_loss"]
+        self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
 
 
-class EpochStats(NamedTuple):
-    """What one pass over the data measured: mean loss, and how often each latent fired."""
-
-    loss: float
-    feature_density: torch.Tensor
-
-
-def _count_firings(fired, code):
-    # A float mask, not boolean indexing: indexing by a mask would sync with the host.
-    active = (code.values != 0).to(fired.dtype)
+def _firings(code, n_latents, dtype):
+    """How many rows of the batch each latent fired on (no host sync)."""
+    active = (code.values != 0).to(dtype)
     if code.indices is None:
-        fired += active.sum(dim=0)
-    else:
-        fired.index_add_(0, code.indices.flatten(), active.flatten())
+        return active.sum(dim=0)
+    return torch.zeros(n_latents, dtype=dtype, device=active.device).index_add_(
+        0, code.indices.flatten(), active.flatten()
+    )
