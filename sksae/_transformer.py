@@ -58,36 +58,48 @@ class SparseAutoencoderTransformer(
         Number of latents (dictionary atoms). Larger than ``n_features`` for an
         overcomplete dictionary.
 
-    activation : {"topk", "relu"}, default="topk"
-        How the code is sparsified:
+    activation : {"topk", "batchtopk", "jumprelu", "relu"}, default="topk"
+        How the code is sparsified. The first three keep the decoder rows at unit norm.
 
         - ``"topk"``: keep the ``k`` largest entries of ``ReLU(pre)`` of each sample
-          (Gao et al., 2024). Exactly ``k`` or fewer latents are active per sample; the
-          decoder rows are kept at unit norm.
+          (Gao et al., 2024). At most ``k`` latents are active per sample.
+        - ``"batchtopk"``: in training, keep the ``batch_size * k`` largest entries of
+          ``ReLU(pre)`` over the whole minibatch, so samples share the budget by need
+          (Bussmann et al., 2024); at inference, keep the entries above
+          :attr:`threshold_`, learned as a moving average of the smallest entry kept.
+          About ``k`` latents are active per sample on average.
+        - ``"jumprelu"``: ``h = pre * H(pre - threshold_)`` with one learned threshold per
+          latent and the penalty ``alpha * L0`` (Rajamanoharan et al., 2024), trained
+          through straight-through estimators of width ``bandwidth``.
         - ``"relu"``: ``h = ReLU(pre)`` with the penalty ``alpha * sum_i h_i ||W_dec[i]||``
-          added to the loss (Anthropic's April-2024 recipe); ``alpha`` sets the sparsity.
-          ``alpha`` warms up linearly over the first 5% of the planned steps of ``fit``.
+          (Anthropic's April-2024 recipe), the decoder rows unconstrained.
 
     k : int, default=16
-        Number of active latents per sample for ``activation="topk"``; at most
-        ``n_components``. Ignored by ``"relu"``.
+        Number of active latents per sample for ``"topk"`` (at most) and ``"batchtopk"``
+        (on average); at most ``n_components``. Ignored by the other activations.
 
     alpha : float, default=0.1
-        Weight of the sparsity penalty for ``activation="relu"``. The penalty is in the
-        units of the squared reconstruction error summed over features, so a good value
-        depends on the scale of ``X``: standardise or min-max scale it first. Ignored by
-        ``"topk"``.
+        Weight of the sparsity penalty of ``"relu"`` (L1) and ``"jumprelu"`` (L0),
+        against the squared reconstruction error summed over features. A good value
+        depends on the scale of ``X``: standardise or min-max scale it first. It warms up
+        linearly from 0 over the first 5% of the planned steps of ``fit``. Ignored by
+        ``"topk"`` and ``"batchtopk"``.
+
+    bandwidth : float, default=0.001
+        Width of the rectangle kernel of ``"jumprelu"``'s straight-through estimators,
+        and the initial value of its thresholds; the paper's 0.001 assumes inputs with
+        ``E||x|| = sqrt(n_features)``. Ignored by the other activations.
 
     aux_k : int or None, default=None
         Number of dead latents the AuxK loss uses to reconstruct the residual, for
-        ``activation="topk"``. ``None`` means ``n_features // 2`` (Gao et al.).
+        ``"topk"`` and ``"batchtopk"``. ``None`` means ``n_features // 2`` (Gao et al.).
 
     aux_coef : float, default=1/32
         Weight of the AuxK loss (Gao et al., 2024): the latents that have not fired for
         ``dead_steps`` steps are trained to reconstruct what the live ones miss,
         ``aux_coef * ||e - e_hat||^2 / ||e - mean(e)||^2`` with ``e = x - x_hat``, which
-        brings dead latents back into use. 0 turns it off. Ignored by ``"relu"``, whose
-        penalty keeps every latent's gradient alive.
+        brings dead latents back into use. 0 turns it off. Ignored by ``"relu"`` and
+        ``"jumprelu"``, whose penalties keep every latent's gradient alive.
 
     dead_steps : int, default=256
         A latent that has not fired for this many minibatch steps counts as dead for
@@ -148,6 +160,10 @@ class SparseAutoencoderTransformer(
         Decoder bias ``b_dec``, subtracted before encoding and added back after decoding.
         It starts at the geometric median of the training data.
 
+    threshold_ : float64 ndarray of shape () or (n_components,)
+        Inference threshold of ``"batchtopk"`` (one) or thresholds of ``"jumprelu"``
+        (one per latent). Only for those activations.
+
     feature_density_ : ndarray of shape (n_components,)
         Fraction of the samples of the last epoch (or ``partial_fit`` batch) on which
         each latent fired. Latents at 0 are dead.
@@ -185,8 +201,10 @@ class SparseAutoencoderTransformer(
        (2024).
     .. [2] Conerly, T. et al. "Circuits Updates - April 2024: Update on how we train SAEs."
        Transformer Circuits Thread (2024).
-    .. [3] Bricken, T. et al. "Towards Monosemanticity: Decomposing Language Models With
-       Dictionary Learning." Transformer Circuits Thread (2023).
+    .. [3] Bussmann, B., Leask, P. and Nanda, N. "BatchTopK Sparse Autoencoders."
+       arXiv:2412.06410 (2024).
+    .. [4] Rajamanoharan, S. et al. "Jumping Ahead: Improving Reconstruction Fidelity
+       with JumpReLU Sparse Autoencoders." arXiv:2407.14435 (2024).
 
     Examples
     --------
@@ -209,6 +227,7 @@ class SparseAutoencoderTransformer(
         "activation": [StrOptions(set(SPARSIFIERS))],
         "k": [Interval(Integral, 1, None, closed="left")],
         "alpha": [Interval(Real, 0, None, closed="left")],
+        "bandwidth": [Interval(Real, 0, None, closed="neither")],
         "aux_k": [Interval(Integral, 1, None, closed="left"), None],
         "aux_coef": [Interval(Real, 0, None, closed="left")],
         "dead_steps": [Interval(Integral, 1, None, closed="left")],
@@ -230,6 +249,7 @@ class SparseAutoencoderTransformer(
         activation="topk",
         k=16,
         alpha=0.1,
+        bandwidth=0.001,
         aux_k=None,
         aux_coef=1 / 32,
         dead_steps=256,
@@ -247,6 +267,7 @@ class SparseAutoencoderTransformer(
         self.activation = activation
         self.k = k
         self.alpha = alpha
+        self.bandwidth = bandwidth
         self.aux_k = aux_k
         self.aux_coef = aux_coef
         self.dead_steps = dead_steps
@@ -421,6 +442,7 @@ class SparseAutoencoderTransformer(
             "loss_curve_": list(losses),
             "n_iter_": n_iter,
             "n_steps_": trainer.n_steps,
+            **_threshold_attribute(model.sparsifier),
             "_fitted_sparsifier_params": self._sparsifier_params(),
             "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
         }
@@ -428,13 +450,20 @@ class SparseAutoencoderTransformer(
     # ------------------------------------------------------------------ model construction
 
     def _sparsifier_params(self):
-        """What fixes the encoder of a fitted model; kept so set_params cannot change it."""
-        if self.activation == "topk":
-            return {"activation": "topk", "k": self.k}
+        """The sparsifier's constructor arguments; kept at fit so set_params cannot change
+        the encoder of a fitted model."""
+        if self.activation in {"topk", "batchtopk"}:
+            return {"activation": self.activation, "k": self.k}
+        if self.activation == "jumprelu":
+            return {
+                "activation": "jumprelu",
+                "n_latents": self.n_components,
+                "bandwidth": self.bandwidth,
+            }
         return {"activation": self.activation}
 
     def _check_sparsifier_params(self):
-        if self.activation == "topk" and self.k > self.n_components:
+        if self.activation in {"topk", "batchtopk"} and self.k > self.n_components:
             raise ValueError(
                 f"k={self.k} must be at most n_components={self.n_components}: a TopK "
                 "code cannot keep more latents than the dictionary has."
@@ -454,7 +483,7 @@ class SparseAutoencoderTransformer(
         model = SparseAutoencoder(
             X.shape[1],
             self.n_components,
-            _make_sparsifier(self._sparsifier_params()),
+            _make_sparsifier(self._sparsifier_params()).to(device),
             dtype=torch_dtype,
             device=device,
         )
@@ -463,18 +492,23 @@ class SparseAutoencoderTransformer(
         model.reset_parameters(generator, b_dec=geometric_median(sample))
         return model
 
-    def _module(self, device, *, training=False):
-        """The torch module of the fitted state (on copies of the arrays when ``training``).
+    def _module(self, device, *, dtype=None, training=False):
+        """The torch module of the fitted state, its weights in ``dtype`` (default: fitted).
 
-        Training must never write into the fitted arrays: a failed call rolls back to them.
+        When ``training``, the module works on copies: training must never write into
+        the fitted arrays, as a failed call rolls back to them.
         """
-        convert = (
-            (lambda a: to_tensor(a.copy(), device))
-            if training
-            else (lambda a: to_tensor(a, device))
-        )
+        dtype = self.components_.dtype if dtype is None else dtype
+
+        def convert(array, dtype=dtype):
+            return to_tensor(array.astype(dtype, copy=training), device)
+
+        state = {}
+        if hasattr(self, "threshold_"):
+            state["threshold"] = convert(self.threshold_, dtype=self.threshold_.dtype)
+        sparsifier = _make_sparsifier(self._fitted_sparsifier_params, **state)
         return SparseAutoencoder.from_tensors(
-            _make_sparsifier(self._fitted_sparsifier_params),
+            sparsifier.to(device),
             W_enc=convert(self.encoder_weights_),
             b_enc=convert(self.encoder_bias_),
             W_dec=convert(self.components_),
@@ -516,8 +550,9 @@ class SparseAutoencoderTransformer(
             return torch.device("cpu")
 
     def _map_rows(self, fn, X):
+        """``fn(model, rows)`` over ``X`` in chunks, the model in the dtype of ``X``."""
         device = self._inference_device()
-        model = self._module(device)
+        model = self._module(device, dtype=X.dtype)
         with torch.inference_mode():
             return map_rows(lambda chunk: fn(model, chunk), X, device=device)
 
@@ -555,10 +590,10 @@ class SparseAutoencoderTransformer(
         Returns
         -------
         X_original : ndarray of shape (n_samples, n_features)
-            Reconstructed data, in the fitted dtype.
+            Reconstructed data, in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=self.components_.dtype)
+        codes = check_array(X, dtype=[np.float64, np.float32])
         if codes.shape[1] != self.components_.shape[0]:
             raise ValueError(
                 f"X has {codes.shape[1]} features, but inverse_transform expects codes "
@@ -625,9 +660,15 @@ class SparseAutoencoderTransformer(
         return tags
 
 
-def _make_sparsifier(params):
+def _make_sparsifier(params, **state):
     params = dict(params)
-    return SPARSIFIERS[params.pop("activation")](**params)
+    return SPARSIFIERS[params.pop("activation")](**params, **state)
+
+
+def _threshold_attribute(sparsifier):
+    """``{"threshold_": ...}`` for sparsifiers with a threshold, else ``{}``."""
+    threshold = getattr(sparsifier, "threshold", None)
+    return {} if threshold is None else {"threshold_": _to_numpy(threshold)}
 
 
 def _torch_generator(random_state):

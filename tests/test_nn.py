@@ -6,7 +6,7 @@ import torch
 
 from sksae._nn.batches import map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
-from sksae._nn.sparsifiers import Code, ReLU, TopK
+from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 
@@ -46,8 +46,58 @@ def test_topk_keeps_the_k_largest_positive_preactivations():
 
 def test_relu_penalty_weights_codes_by_decoder_norms():
     code = ReLU()(torch.tensor([[1.0, -2.0, 3.0]]))
-    assert ReLU().penalty(code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(3.5)
-    assert TopK(k=1).penalty(code, torch.ones(3)) is None
+    assert ReLU().penalty(None, code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(3.5)
+    assert TopK(k=1).penalty(None, code, torch.ones(3)) is None
+
+
+def test_jumprelu_straight_through_gradients_follow_the_paper():
+    bandwidth = 0.1
+    sparsifier = JumpReLU(n_latents=3, bandwidth=bandwidth, threshold=torch.tensor([0.5, 1.0, 2.0]))
+    # Latent 0: 0.52 is within half a bandwidth above its threshold, 0.3 is not;
+    # latent 1: 0.97 is within half a bandwidth below; latent 2: nothing near 2.0.
+    pre = torch.tensor(
+        [[0.52, 0.97, 0.0], [0.3, 3.0, 1.0]], dtype=torch.float64, requires_grad=True
+    )
+    code = sparsifier(pre)
+    torch.testing.assert_close(
+        code.values.detach(), torch.tensor([[0.52, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64)
+    )
+    code.values.sum().backward()
+    # dh/dtheta = -(theta / eps) K((pre - theta) / eps), summed over rows; dh/dpre = H(pre - theta).
+    expected_threshold_grad = torch.tensor(
+        [-0.5 / bandwidth, -1.0 / bandwidth, 0.0], dtype=torch.float64
+    )
+    torch.testing.assert_close(sparsifier.threshold.grad, expected_threshold_grad)
+    torch.testing.assert_close(
+        pre.grad, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    )
+
+    sparsifier.threshold.grad = None
+    pre.grad = None
+    penalty = sparsifier.penalty(pre, code, decoder_norms=None)
+    assert penalty.item() == pytest.approx(1.0)  # two active entries over two rows
+    penalty.backward()
+    # dL0/dtheta = -(1 / eps) K(...), divided by the bandwidth once, averaged over rows;
+    # the L0 term sends no gradient to the pre-activations.
+    expected = torch.tensor([-1.0 / bandwidth, -1.0 / bandwidth, 0.0], dtype=torch.float64) / 2
+    torch.testing.assert_close(sparsifier.threshold.grad, expected)
+    assert pre.grad is None
+
+
+def test_batchtopk_shares_the_budget_over_the_batch_and_tracks_its_threshold():
+    sparsifier = BatchTopK(k=2)
+    pre = torch.tensor([[5.0, 4.0, 3.0, -1.0], [0.5, 0.2, -1.0, -2.0]])
+    dense = sparsifier(pre).values
+    torch.testing.assert_close(dense, torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.5, 0.0, 0.0, 0.0]]))
+    assert sparsifier.threshold.item() == 0.5  # the first batch sets it outright
+    sparsifier(torch.tensor([[9.0, 8.0, 7.0, 6.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert sparsifier.threshold.item() == pytest.approx(0.99 * 0.5 + 0.01 * 6.0)
+    assert sparsifier.threshold.dtype == torch.float64
+    # Inference: each row on its own, through the threshold.
+    torch.testing.assert_close(
+        sparsifier.encode(torch.tensor([[0.6, 0.4, -3.0, 2.0]])).values,
+        torch.tensor([[0.6, 0.0, 0.0, 2.0]]),
+    )
 
 
 def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():

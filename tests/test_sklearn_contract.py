@@ -20,8 +20,10 @@ from sksae import SparseAutoencoderTransformer
 def _instances():
     # k=1: several checks set n_components=1 on the instance, and k may not exceed it.
     return [
-        SparseAutoencoderTransformer(n_components=8, k=1, max_iter=5, random_state=0),
-        SparseAutoencoderTransformer(n_components=8, activation="relu", max_iter=5, random_state=0),
+        SparseAutoencoderTransformer(
+            n_components=8, activation=activation, k=1, max_iter=5, random_state=0
+        )
+        for activation in ["topk", "batchtopk", "jumprelu", "relu"]
     ]
 
 

@@ -1,5 +1,6 @@
 """Behaviour of SparseAutoencoderTransformer beyond scikit-learn's common checks."""
 
+import itertools
 import pickle
 
 import numpy as np
@@ -18,6 +19,7 @@ from sksae.datasets import make_sparse_superposition
 from sksae.metrics import dead_fraction, fvu, l0, mmcs
 
 FITTED_ARRAYS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+ACTIVATIONS = ["topk", "batchtopk", "jumprelu", "relu"]
 
 
 def _sae(**params):
@@ -33,7 +35,7 @@ def _state(estimator):
 # ---------------------------------------------------------------- determinism and dtypes
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_same_seed_gives_bitwise_identical_model(superposition_small, activation):
     X, _ = superposition_small
     first = _sae(activation=activation).fit(X)
@@ -66,7 +68,25 @@ def test_dtype_is_preserved_end_to_end(superposition_small, dtype):
     assert sae.partial_fit(X.astype(np.float64)).components_.dtype == dtype
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize(
+    "fit_dtype, data_dtype", [(np.float32, np.float64), (np.float64, np.float32)]
+)
+def test_methods_follow_the_dtype_of_their_input_whatever_the_fitted_dtype(
+    superposition_small, fit_dtype, data_dtype
+):
+    X = superposition_small[0]
+    sae = _sae(activation="jumprelu").fit(X.astype(fit_dtype))
+    codes = sae.transform(X.astype(data_dtype))
+    assert codes.dtype == data_dtype
+    np.testing.assert_allclose(codes, sae.transform(X.astype(fit_dtype)), rtol=1e-4, atol=1e-4)
+    assert sae.inverse_transform(codes).dtype == data_dtype
+    assert sae.score_samples(X.astype(data_dtype)).dtype == data_dtype
+    assert sae.score(X.astype(data_dtype)) == pytest.approx(
+        sae.score(X.astype(fit_dtype)), abs=1e-4
+    )
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_transform_of_one_row_equals_row_of_transform(superposition_small, activation):
     X, _ = superposition_small
     X = X[:600]  # more than one inference chunk
@@ -78,9 +98,10 @@ def test_transform_of_one_row_equals_row_of_transform(superposition_small, activ
     np.testing.assert_array_equal(sae.transform(X[permutation]), codes[permutation])
 
 
-def test_pickle_and_clone_round_trip(superposition_small):
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_pickle_and_clone_round_trip(superposition_small, activation):
     X, _ = superposition_small
-    sae = _sae().fit(X)
+    sae = _sae(activation=activation).fit(X)
     restored = pickle.loads(pickle.dumps(sae))
     np.testing.assert_array_equal(restored.transform(X), sae.transform(X))
     assert restored.score(X) == sae.score(X)
@@ -198,6 +219,41 @@ def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
     assert sae.transform(X).shape == (len(X), 64)
 
 
+def test_batchtopk_keeps_k_active_latents_on_average_on_held_out_data():
+    X, _ = make_sparse_superposition(6000, 16, 48, 3, random_state=0, return_sources=True)[:2]
+    X_train, X_test = X[:5000], X[5000:]
+    sae = _sae(activation="batchtopk", k=4, max_iter=20).fit(X_train)
+    assert sae.threshold_.dtype == np.float64 and sae.threshold_.shape == ()
+    assert sae.threshold_ > 0
+    codes = sae.transform(X_test)
+    assert l0(codes) == pytest.approx(4, rel=0.2)
+    # Inference is a JumpReLU with the learned threshold: row-independent by design.
+    active = codes != 0
+    assert (codes[active] > sae.threshold_).all()
+    assert not np.array_equal(np.count_nonzero(codes, axis=1), np.full(len(codes), 4))
+
+
+def test_jumprelu_sparsity_falls_as_alpha_grows(superposition_small):
+    X, _ = superposition_small
+    sparsity = []
+    for alpha in [0.01, 0.1, 1.0, 10.0]:
+        sae = _sae(activation="jumprelu", alpha=alpha, max_iter=10).fit(X)
+        sparsity.append(l0(sae.transform(X)))
+    assert all(denser > sparser for denser, sparser in itertools.pairwise(sparsity))
+    assert sparsity[0] > 1.5 * sparsity[-1]
+
+
+def test_jumprelu_learns_its_thresholds(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(activation="jumprelu", alpha=1.0, max_iter=10).fit(X)
+    assert sae.threshold_.shape == (64,) and sae.threshold_.dtype == np.float64
+    # They start at bandwidth=0.001; a threshold learned through exp(log theta) would
+    # barely move under Adam at this learning rate.
+    assert np.median(sae.threshold_) > 50 * sae.bandwidth
+    codes = sae.transform(X)
+    assert ((codes == 0) | (codes > sae.threshold_)).all()
+
+
 # ---------------------------------------------------------------- partial_fit
 
 
@@ -242,6 +298,8 @@ def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
     "params, match",
     [
         (dict(k=100), "k=100 must be at most n_components=64"),
+        (dict(k=100, activation="batchtopk"), "k=100 must be at most n_components=64"),
+        (dict(bandwidth=0.0), "'bandwidth' parameter"),
         (dict(k=0), "'k' parameter"),
         (dict(alpha=-1.0), "'alpha' parameter"),
         (dict(activation="sigmoid"), "'activation' parameter"),
@@ -316,7 +374,7 @@ def test_inverse_transform_checks_its_codes(superposition_small):
     assert _state(sae) == state
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation):
     # float64 keeps such a fit finite while the loss grows by many orders of magnitude.
     X = make_sparse_superposition(2000, 16, 48, 3, random_state=0)

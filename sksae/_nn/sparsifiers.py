@@ -54,7 +54,7 @@ class Sparsifier(torch.nn.Module):
         """Inference code; must treat every row independently of the others."""
         return self(pre)
 
-    def penalty(self, code, decoder_norms):
+    def penalty(self, pre, code, decoder_norms):
         """Per-batch sparsity penalty (mean over rows), or ``None`` for a hard constraint."""
         return None
 
@@ -65,6 +65,9 @@ class Sparsifier(torch.nn.Module):
         gradients flowing to every latent, a TopK selection does not.
         """
         return None
+
+    def constrain_(self):
+        """Project the sparsifier's own parameters back to their domain after a step."""
 
 
 class ReLU(Sparsifier):
@@ -80,7 +83,7 @@ class ReLU(Sparsifier):
     def forward(self, pre):
         return Code(F.relu(pre))
 
-    def penalty(self, code, decoder_norms):
+    def penalty(self, pre, code, decoder_norms):
         return (code.values @ decoder_norms).mean()
 
 
@@ -98,7 +101,7 @@ class TopK(Sparsifier):
         return _compact(Code(F.relu(values), indices), pre.shape[1])
 
     def aux_code(self, pre, dead, aux_k):
-        """The ``aux_k`` largest pre-activations among the ``dead`` latents (a mask) of each row.
+        """The ``aux_k`` largest pre-activations among the ``dead`` latents (a mask) of a row.
 
         Live latents are masked to ``-inf``, which ReLU maps to 0: when fewer than
         ``aux_k`` latents are dead the extra picks contribute nothing, and the host never
@@ -107,6 +110,137 @@ class TopK(Sparsifier):
         masked = pre.masked_fill(~dead, -math.inf)
         values, indices = masked.topk(min(aux_k, pre.shape[1]), dim=1, sorted=False)
         return _compact(Code(F.relu(values), indices), pre.shape[1])
+
+    def extra_repr(self):
+        return f"k={self.k}"
+
+
+class BatchTopK(TopK):
+    """Keep the ``batch * k`` largest entries of ``ReLU(pre)`` over the whole batch.
+
+    Training allots the batch's ``batch * k`` activations to whichever rows need them
+    (Bussmann et al., 2024). Inference must not depend on the other rows, so it is a
+    JumpReLU with one threshold: an exponential moving average, in float64, of the
+    smallest activation each training batch kept.
+
+    Parameters
+    ----------
+    k : int
+        Mean number of active latents per row.
+    threshold : tensor or None
+        A trained inference threshold (scalar), or ``None`` to learn it.
+    """
+
+    #: Weight of the newest batch in the moving average of the threshold.
+    threshold_momentum = 0.01
+
+    def __init__(self, k, threshold=None):
+        super().__init__(k)
+        if threshold is None:
+            threshold = torch.tensor(math.nan, dtype=torch.float64)
+        self.register_buffer("threshold", threshold.to(torch.float64))
+
+    def forward(self, pre):
+        activations = F.relu(pre).flatten()
+        values, indices = activations.topk(self.k * pre.shape[0], sorted=False)
+        self._track_threshold(values)
+        return Code(torch.zeros_like(activations).scatter(0, indices, values).view_as(pre))
+
+    @torch.no_grad()
+    def _track_threshold(self, kept):
+        # On the device, without a host sync: a batch that kept no positive activation
+        # leaves the threshold as it was, and the first batch sets it outright.
+        smallest = torch.where(kept > 0, kept, math.inf).min().to(torch.float64)
+        average = torch.lerp(self.threshold, smallest, self.threshold_momentum)
+        updated = torch.where(self.threshold.isnan(), smallest, average)
+        self.threshold.copy_(torch.where(smallest.isfinite(), updated, self.threshold))
+
+    def encode(self, pre):
+        return Code(pre * (pre > self.threshold.to(pre.dtype)))
+
+
+class JumpReLU(Sparsifier):
+    """``h = pre * H(pre - theta)`` with a learned threshold per latent and an L0 penalty.
+
+    Rajamanoharan et al. (2024). The step function has no useful gradient, so the
+    thresholds learn through straight-through estimators with a rectangle kernel of width
+    ``bandwidth``: ``dh/dtheta = -(theta / eps) K((pre - theta) / eps)`` and
+    ``dL0/dtheta = -(1 / eps) K((pre - theta) / eps)``, and the L0 penalty is the Step of
+    the pre-activations, not of the code. The thresholds are the parameters themselves,
+    not ``exp(log theta)``, whose updates Adam shrinks to nothing for small thresholds.
+
+    Parameters
+    ----------
+    n_latents : int
+    bandwidth : float
+        Kernel width ``eps``; 0.001 in the paper, for inputs scaled to
+        ``E||x|| = sqrt(n_features)``.
+    threshold : tensor or None
+        Trained thresholds, or ``None`` to start every one at ``bandwidth``.
+    """
+
+    unit_norm_decoder = True
+
+    def __init__(self, n_latents, bandwidth, threshold=None):
+        super().__init__()
+        self.bandwidth = bandwidth
+        if threshold is None:
+            threshold = torch.full((n_latents,), bandwidth)
+        # float64 whatever the model's dtype: small threshold updates survive.
+        self.threshold = torch.nn.Parameter(threshold.to(torch.float64))
+
+    def forward(self, pre):
+        return Code(_JumpReLUFunction.apply(pre, self.threshold.to(pre.dtype), self.bandwidth))
+
+    def encode(self, pre):
+        return Code(pre * (pre > self.threshold.to(pre.dtype)))
+
+    def penalty(self, pre, code, decoder_norms):
+        steps = _StepFunction.apply(pre, self.threshold.to(pre.dtype), self.bandwidth)
+        return steps.sum(dim=1).mean()
+
+    @torch.no_grad()
+    def constrain_(self):
+        # A negative threshold would let negative pre-activations through.
+        self.threshold.clamp_(min=0)
+
+    def extra_repr(self):
+        return f"bandwidth={self.bandwidth}"
+
+
+def _in_window(pre, threshold, bandwidth):
+    """The rectangle kernel ``K((pre - threshold) / bandwidth)``: 1 within half a width."""
+    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)
+
+
+class _JumpReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, threshold = ctx.saved_tensors
+        window = _in_window(pre, threshold, ctx.bandwidth)
+        grad_threshold = -(threshold / ctx.bandwidth) * (window * grad).sum(dim=0)
+        return grad * (pre > threshold), grad_threshold, None
+
+
+class _StepFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # No gradient to the pre-activations: only the threshold learns from the L0 term.
+        pre, threshold = ctx.saved_tensors
+        window = _in_window(pre, threshold, ctx.bandwidth)
+        return None, -(window * grad).sum(dim=0) / ctx.bandwidth, None
 
 
 #: Codes with at most this fraction of latents active are decoded through the chosen
@@ -122,9 +256,6 @@ def _compact(code, n_latents):
         return code
     return Code(code.to_dense(n_latents))
 
-    def extra_repr(self):
-        return f"k={self.k}"
-
 
 #: The sparsifier class of each ``activation`` name of the estimator.
-SPARSIFIERS = {"relu": ReLU, "topk": TopK}
+SPARSIFIERS = {"relu": ReLU, "topk": TopK, "batchtopk": BatchTopK, "jumprelu": JumpReLU}

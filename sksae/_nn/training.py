@@ -156,7 +156,7 @@ class Trainer:
         code = model.sparsifier(pre)
         x_hat = model.decode(code)
         loss = (x - x_hat).square().sum(dim=1).mean()
-        penalty = model.sparsifier.penalty(code, model.decoder_norms())
+        penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
         if penalty is not None and self.alpha:
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
         if self._auxk_on:
@@ -197,6 +197,7 @@ class Trainer:
         self.optimizer.step()
         if unit_norm:
             self.model.normalize_decoder()
+        self.model.sparsifier.constrain_()
         self.n_steps += 1
         return loss.detach(), code
 
