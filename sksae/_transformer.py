@@ -128,6 +128,14 @@ class SparseAutoencoderTransformer(
         epochs as it has run (at least one), then stops: the same end as a full run,
         reached early. ``None`` always runs ``max_iter`` epochs.
 
+    normalize_input : {"none", "mean_norm"}, default="none"
+        ``"mean_norm"`` trains on the data scaled so that ``E||x|| = sqrt(n_features)``,
+        the scale the research defaults of ``alpha``, ``bandwidth`` and the learning
+        rate assume; the scale comes from the training data of ``fit`` (or the first
+        ``partial_fit``). It is folded back into the fitted attributes, so
+        ``transform``, ``inverse_transform`` and the attributes are in the units of
+        ``X``: the codes are those of the scaled model divided by the scale.
+
     shuffle : bool, default=True
         Reshuffle the samples before each epoch of ``fit``. ``partial_fit`` never
         shuffles.
@@ -159,6 +167,10 @@ class SparseAutoencoderTransformer(
     decoder_bias_ : ndarray of shape (n_features,)
         Decoder bias ``b_dec``, subtracted before encoding and added back after decoding.
         It starts at the geometric median of the training data.
+
+    input_scale_ : float
+        Factor applied to the data for training (``normalize_input``); 1.0 for
+        ``"none"``.
 
     threshold_ : float64 ndarray of shape () or (n_components,)
         Inference threshold of ``"batchtopk"`` (one) or thresholds of ``"jumprelu"``
@@ -236,6 +248,7 @@ class SparseAutoencoderTransformer(
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
         "device": [str],
         "random_state": ["random_state"],
@@ -258,6 +271,7 @@ class SparseAutoencoderTransformer(
         max_iter=200,
         tol=1e-3,
         max_no_improvement=5,
+        normalize_input="none",
         shuffle=True,
         device="cpu",
         random_state=None,
@@ -276,6 +290,7 @@ class SparseAutoencoderTransformer(
         self.max_iter = max_iter
         self.tol = tol
         self.max_no_improvement = max_no_improvement
+        self.normalize_input = normalize_input
         self.shuffle = shuffle
         self.device = device
         self.random_state = random_state
@@ -310,18 +325,21 @@ class SparseAutoencoderTransformer(
                 decay_start=math.floor((1 - _DECAY_FRACTION) * planned_steps),
                 decay_steps=planned_steps - math.floor((1 - _DECAY_FRACTION) * planned_steps),
             )
-            trainer = self._new_trainer(self._new_model(X, generator, device), schedule)
-            self._run_epochs(X, trainer, generator if self.shuffle else None)
+            scale = self._input_scale(X)
+            X_train = _scaled(X, scale)
+            trainer = self._new_trainer(self._new_model(X_train, generator, device), schedule)
+            self._run_epochs(X, X_train, scale, trainer, generator if self.shuffle else None)
         return self
 
-    def _run_epochs(self, X, trainer, generator):
+    def _run_epochs(self, X, X_train, scale, trainer, generator):
         """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
 
         When the loss stops improving (``tol``, ``max_no_improvement``), the learning
         rate anneals linearly to zero over a cool-down of a quarter as many epochs as
-        were run (at least one), then the fit ends.
+        were run (at least one), then the fit ends. Training runs on ``X_train``, ``X``
+        in the units of ``normalize_input``; callbacks see ``X``.
         """
-        X_tensor = to_tensor(X, trainer.model.W_dec.device)
+        X_tensor = to_tensor(X_train, trainer.model.W_dec.device)
         steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
@@ -342,7 +360,7 @@ class SparseAutoencoderTransformer(
                 X=X,
                 # Evaluated by the callbacks only if one asks for a fitted estimator.
                 reconstruction_attributes=partial(
-                    self._fitted_attributes, trainer, stats, losses, n_iter=len(losses)
+                    self._fitted_attributes, trainer, stats, losses, len(losses), scale
                 ),
             )
             if stats.loss < best_loss * (1.0 - self.tol):
@@ -355,7 +373,7 @@ class SparseAutoencoderTransformer(
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
-        self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=len(losses)))
+        self.__dict__.update(self._fitted_attributes(trainer, stats, losses, len(losses), scale))
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -390,7 +408,10 @@ class SparseAutoencoderTransformer(
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:
-                model = self._new_model(X, _torch_generator(self.random_state), device)
+                scale = self._input_scale(X)
+                model = self._new_model(
+                    _scaled(X, scale), _torch_generator(self.random_state), device
+                )
                 trainer = self._new_trainer(model, Schedule())
                 losses = []
             else:
@@ -398,10 +419,11 @@ class SparseAutoencoderTransformer(
                 state = _tree_map(lambda a: torch.from_numpy(a.copy()), self._trainer_state)
                 trainer = self._new_trainer(self._module(device, training=True), Schedule(), state)
                 losses = list(self.loss_curve_)
-            stats = self._train_pass(trainer, to_tensor(X, device), None)
+                scale = self.input_scale_
+            stats = self._train_pass(trainer, to_tensor(_scaled(X, scale), device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
-            self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter=n_iter))
+            self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter, scale))
         return self
 
     def _new_trainer(self, model, schedule, state=None):
@@ -429,20 +451,27 @@ class SparseAutoencoderTransformer(
                 "lower it, or scale the data (e.g. with StandardScaler)."
             ) from exc
 
-    def _fitted_attributes(self, trainer, stats, losses, *, n_iter):
-        """Numpy snapshot of the trainer's model: the fitted attributes of this estimator."""
+    def _fitted_attributes(self, trainer, stats, losses, n_iter, scale):
+        """Numpy snapshot of the trainer's model: the fitted attributes of this estimator.
+
+        The trainer works on ``X * scale`` (see ``normalize_input``). The attributes
+        describe the same model on ``X`` itself: dividing the biases and thresholds by
+        ``scale`` divides every pre-activation, hence every code, by ``scale``, which the
+        unchanged decoder turns back into the user's units.
+        """
         model = trainer.model
         return {
             "components_": _to_numpy(model.W_dec),
             "encoder_weights_": _to_numpy(model.W_enc),
-            "encoder_bias_": _to_numpy(model.b_enc),
-            "decoder_bias_": _to_numpy(model.b_dec),
+            "encoder_bias_": _to_numpy(model.b_enc) / scale,
+            "decoder_bias_": _to_numpy(model.b_dec) / scale,
+            "input_scale_": scale,
             "feature_density_": stats.feature_density.numpy(),
             "dead_fraction_": float(np.mean(stats.feature_density.numpy() == 0)),
             "loss_curve_": list(losses),
             "n_iter_": n_iter,
             "n_steps_": trainer.n_steps,
-            **_threshold_attribute(model.sparsifier),
+            **_threshold_attribute(model.sparsifier, scale),
             "_fitted_sparsifier_params": self._sparsifier_params(),
             "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
         }
@@ -499,22 +528,31 @@ class SparseAutoencoderTransformer(
         the fitted arrays, as a failed call rolls back to them.
         """
         dtype = self.components_.dtype if dtype is None else dtype
+        # Training resumes in the units it ran in (see _fitted_attributes).
+        scale = self.input_scale_ if training else 1.0
 
-        def convert(array, dtype=dtype):
-            return to_tensor(array.astype(dtype, copy=training), device)
+        def convert(array, dtype=dtype, scale=1.0):
+            return to_tensor(_scaled(array, scale).astype(dtype, copy=training), device)
 
         state = {}
         if hasattr(self, "threshold_"):
-            state["threshold"] = convert(self.threshold_, dtype=self.threshold_.dtype)
+            state["threshold"] = convert(self.threshold_, self.threshold_.dtype, scale)
         sparsifier = _make_sparsifier(self._fitted_sparsifier_params, **state)
         return SparseAutoencoder.from_tensors(
             sparsifier.to(device),
             W_enc=convert(self.encoder_weights_),
-            b_enc=convert(self.encoder_bias_),
+            b_enc=convert(self.encoder_bias_, scale=scale),
             W_dec=convert(self.components_),
-            b_dec=convert(self.decoder_bias_),
+            b_dec=convert(self.decoder_bias_, scale=scale),
             requires_grad=training,
         )
+
+    def _input_scale(self, X):
+        """The factor ``normalize_input`` applies to the training data (1.0 for none)."""
+        if self.normalize_input == "none":
+            return 1.0
+        mean_norm = float(np.mean(np.linalg.norm(X, axis=1)))
+        return math.sqrt(X.shape[1]) / mean_norm if mean_norm > 0 else 1.0
 
     def _learning_rate(self):
         if self.learning_rate is not None:
@@ -665,10 +703,15 @@ def _make_sparsifier(params, **state):
     return SPARSIFIERS[params.pop("activation")](**params, **state)
 
 
-def _threshold_attribute(sparsifier):
-    """``{"threshold_": ...}`` for sparsifiers with a threshold, else ``{}``."""
+def _scaled(array, scale):
+    """``array * scale``, without a copy when the scale is 1."""
+    return array if scale == 1.0 else array * scale
+
+
+def _threshold_attribute(sparsifier, scale):
+    """``{"threshold_": ...}`` in the user's units for sparsifiers with one, else ``{}``."""
     threshold = getattr(sparsifier, "threshold", None)
-    return {} if threshold is None else {"threshold_": _to_numpy(threshold)}
+    return {} if threshold is None else {"threshold_": _to_numpy(threshold) / scale}
 
 
 def _torch_generator(random_state):

@@ -254,6 +254,41 @@ def test_jumprelu_learns_its_thresholds(superposition_small):
     assert ((codes == 0) | (codes > sae.threshold_)).all()
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_normalize_input_makes_the_fit_independent_of_the_data_units(activation):
+    X = make_sparse_superposition(3000, 16, 48, 3, random_state=0)
+    params = dict(activation=activation, normalize_input="mean_norm", max_iter=5)
+    small = _sae(**params).fit(X)
+    large = _sae(**params).fit(1000 * X)
+    assert large.input_scale_ == pytest.approx(small.input_scale_ / 1000)
+    assert small.input_scale_ == pytest.approx(4 / np.linalg.norm(X, axis=1).mean())
+    np.testing.assert_allclose(large.components_, small.components_, rtol=1e-6, atol=1e-9)
+    # Codes, reconstructions and thresholds come back in each model's own units.
+    np.testing.assert_allclose(
+        large.transform(1000 * X), 1000 * small.transform(X), rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        large.inverse_transform(large.transform(1000 * X)),
+        1000 * small.inverse_transform(small.transform(X)),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    if hasattr(small, "threshold_"):
+        np.testing.assert_allclose(large.threshold_, 1000 * small.threshold_, rtol=1e-6)
+    assert large.score(1000 * X) == pytest.approx(small.score(X), rel=1e-6)
+
+
+def test_partial_fit_keeps_the_scale_of_its_first_call():
+    X = make_sparse_superposition(3000, 16, 48, 3, random_state=0)
+    sae = _sae(normalize_input="mean_norm").partial_fit(X[:1000])
+    scale = sae.input_scale_
+    before = sae.score(X)
+    for chunk in np.array_split(X, 4):
+        sae.partial_fit(chunk)
+    assert sae.input_scale_ == scale
+    assert sae.score(X) > before
+
+
 # ---------------------------------------------------------------- partial_fit
 
 
