@@ -30,6 +30,7 @@ ends the fit within the first epoch).
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import time
@@ -115,7 +116,7 @@ def bench_mbdl(X, directions, seed, early_stopping=True):
     )
     _, fit_s = timed_once(lambda: mbdl.fit(X))
     codes, transform_s = best_time(lambda: mbdl.transform(X))
-    epochs = mbdl.n_steps_ * mbdl.batch_size / X.shape[0]
+    epochs = mbdl.n_steps_ / math.ceil(X.shape[0] / mbdl.batch_size)
     row = Row(
         f"MBDL n={N_SOURCES} alpha=0.3 lasso_lars ({epochs:.2f} epochs)",
         fit_s,

@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ._nn.batches import map_rows, to_tensor
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
-from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
+from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fvu
 
 #: Rows drawn from the data to place the initial decoder bias at their geometric median.
 _MEDIAN_SAMPLE_ROWS = 4096
@@ -119,14 +119,25 @@ class SparseAutoencoderTransformer(
         converges first (see ``max_no_improvement``).
 
     tol : float, default=1e-3
-        An epoch improves on the best mean training loss so far only if it lowers it by
-        more than this fraction of it (a relative tolerance, per epoch).
+        An epoch improves on the best value so far of the monitored quantity (the mean
+        training loss, or the validation FVU with ``early_stopping``) only if it lowers
+        it by more than this fraction of it: a relative tolerance, per epoch.
 
     max_no_improvement : int or None, default=5
-        After this many consecutive epochs without improvement (see ``tol``), ``fit``
+        Patience, in epochs. After this many consecutive epochs without improvement
+        (see ``tol``), ``fit``
         anneals the learning rate linearly to zero over a cool-down of a quarter as many
         epochs as it has run (at least one), then stops: the same end as a full run,
         reached early. ``None`` always runs ``max_iter`` epochs.
+
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training data, score the reconstruction
+        of it (FVU) after each epoch, monitor that instead of the training loss (see
+        ``tol`` and ``max_no_improvement``), and end with the weights of the epoch that
+        scored best.
+
+    validation_fraction : float, default=0.1
+        Fraction of the training data held out when ``early_stopping`` is True.
 
     normalize_input : {"none", "mean_norm"}, default="none"
         ``"mean_norm"`` trains on the data scaled so that ``E||x|| = sqrt(n_features)``,
@@ -183,6 +194,14 @@ class SparseAutoencoderTransformer(
     dead_fraction_ : float
         Fraction of latents that never fired in the last epoch (or ``partial_fit``
         batch).
+
+    validation_scores_ : list of float or None
+        Explained variance (``1 - FVU``) of the held-out data after each epoch, with
+        ``early_stopping``; None otherwise.
+
+    best_validation_score_ : float or None
+        The best of ``validation_scores_``, whose weights the model holds; None without
+        ``early_stopping``.
 
     loss_curve_ : list of float
         Mean training loss of each epoch (or ``partial_fit`` call).
@@ -248,6 +267,8 @@ class SparseAutoencoderTransformer(
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
         "device": [str],
@@ -271,6 +292,8 @@ class SparseAutoencoderTransformer(
         max_iter=200,
         tol=1e-3,
         max_no_improvement=5,
+        early_stopping=False,
+        validation_fraction=0.1,
         normalize_input="none",
         shuffle=True,
         device="cpu",
@@ -290,6 +313,8 @@ class SparseAutoencoderTransformer(
         self.max_iter = max_iter
         self.tol = tol
         self.max_no_improvement = max_no_improvement
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
         self.normalize_input = normalize_input
         self.shuffle = shuffle
         self.device = device
@@ -319,42 +344,64 @@ class SparseAutoencoderTransformer(
             self._check_sparsifier_params()
             device = self._torch_device()
             generator = _torch_generator(self.random_state)
-            planned_steps = self.max_iter * math.ceil(X.shape[0] / self.batch_size)
+            scale = self._input_scale(X)
+            X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
+            planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
             schedule = Schedule(
                 alpha_warmup_steps=math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps),
                 decay_start=math.floor((1 - _DECAY_FRACTION) * planned_steps),
                 decay_steps=planned_steps - math.floor((1 - _DECAY_FRACTION) * planned_steps),
             )
-            scale = self._input_scale(X)
-            X_train = _scaled(X, scale)
-            trainer = self._new_trainer(self._new_model(X_train, generator, device), schedule)
-            self._run_epochs(X, X_train, scale, trainer, generator if self.shuffle else None)
+            trainer = self._new_trainer(self._new_model(X_fit, generator, device), schedule)
+            self._run_epochs(X, X_fit, X_val, scale, trainer, generator if self.shuffle else None)
         return self
 
-    def _run_epochs(self, X, X_train, scale, trainer, generator):
+    def _split_validation(self, X, generator):
+        """``(X_fit, X_val)``: a random ``validation_fraction`` held out for early
+        stopping, or ``(X, None)``."""
+        if not self.early_stopping:
+            return X, None
+        n_samples = X.shape[0]
+        n_validation = math.ceil(self.validation_fraction * n_samples)
+        if n_validation >= n_samples:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of {n_samples} samples "
+                "leaves none to train on; pass more samples or set early_stopping=False."
+            )
+        order = torch.randperm(n_samples, generator=generator).numpy()
+        return X[np.sort(order[n_validation:])], X[np.sort(order[:n_validation])]
+
+    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator):
         """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
 
-        When the loss stops improving (``tol``, ``max_no_improvement``), the learning
-        rate anneals linearly to zero over a cool-down of a quarter as many epochs as
-        were run (at least one), then the fit ends. Training runs on ``X_train``, ``X``
-        in the units of ``normalize_input``; callbacks see ``X``.
+        Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
+        units of ``normalize_input``; callbacks see the user's ``X``. When the monitored
+        quantity (the validation FVU with ``early_stopping``, else the training loss)
+        stops improving (``tol``, ``max_no_improvement``), the learning rate anneals
+        linearly to zero over a cool-down of a quarter as many epochs as were run (at
+        least one), then the fit ends.
         """
-        X_tensor = to_tensor(X_train, trainer.model.W_dec.device)
-        steps_per_epoch = math.ceil(X.shape[0] / self.batch_size)
+        device = trainer.model.W_dec.device
+        X_tensor = to_tensor(X_fit, device)
+        X_val_tensor = None if X_val is None else to_tensor(X_val, device)
+        steps_per_epoch = math.ceil(X_fit.shape[0] / self.batch_size)
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
-        losses = []
-        best_loss, epochs_without_improvement = math.inf, 0
+        losses, validation_scores, best_model = [], [], None
+        best_monitored, epochs_without_improvement = math.inf, 0
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
             stats = self._train_pass(trainer, X_tensor, generator)
             losses.append(stats.loss)
+            monitored = stats.loss
+            if X_val_tensor is not None:
+                monitored = evaluate_fvu(trainer.model, X_val_tensor)
+                validation_scores.append(1.0 - monitored)
+                if validation_scores[-1] == max(validation_scores):
+                    best_model = self._model_attributes(trainer, stats, scale)
             if self.verbose:
-                print(
-                    f"[{type(self).__name__}] epoch {epoch + 1}: loss {stats.loss:.6g}, "
-                    f"dead latents {np.mean(stats.feature_density.numpy() == 0):.1%}"
-                )
+                self._print_epoch(epoch, stats, validation_scores)
             stop = epoch_ctx.call_on_fit_task_end(
                 estimator=self,
                 X=X,
@@ -363,8 +410,8 @@ class SparseAutoencoderTransformer(
                     self._fitted_attributes, trainer, stats, losses, len(losses), scale
                 ),
             )
-            if stats.loss < best_loss * (1.0 - self.tol):
-                best_loss, epochs_without_improvement = stats.loss, 0
+            if monitored < best_monitored * (1.0 - self.tol):
+                best_monitored, epochs_without_improvement = monitored, 0
             else:
                 epochs_without_improvement += 1
             cooling = trainer.schedule.decaying(trainer.n_steps)
@@ -373,8 +420,25 @@ class SparseAutoencoderTransformer(
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
-        self.__dict__.update(self._fitted_attributes(trainer, stats, losses, len(losses), scale))
+        fitted = self._fitted_attributes(trainer, stats, losses, len(losses), scale)
+        fitted["validation_scores_"] = fitted["best_validation_score_"] = None
+        if X_val_tensor is not None:
+            # The weights of the epoch with the best validation score.
+            fitted.update(best_model)
+            fitted["validation_scores_"] = validation_scores
+            fitted["best_validation_score_"] = max(validation_scores)
+        self.__dict__.update(fitted)
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
+
+    def _print_epoch(self, epoch, stats, validation_scores):
+        validation = (
+            f", validation FVU {1 - validation_scores[-1]:.4f}" if validation_scores else ""
+        )
+        print(
+            f"[{type(self).__name__}] epoch {epoch + 1}: loss {stats.loss:.5g}, "
+            f"FVU {stats.fvu:.4f}, L0 {stats.l0:.2f}, "
+            f"dead {np.mean(stats.feature_density.numpy() == 0):.1%}{validation}"
+        )
 
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
@@ -459,21 +523,27 @@ class SparseAutoencoderTransformer(
         ``scale`` divides every pre-activation, hence every code, by ``scale``, which the
         unchanged decoder turns back into the user's units.
         """
+        return {
+            **self._model_attributes(trainer, stats, scale),
+            "input_scale_": scale,
+            "loss_curve_": list(losses),
+            "n_iter_": n_iter,
+            "n_steps_": trainer.n_steps,
+            "_fitted_sparsifier_params": self._sparsifier_params(),
+            "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
+        }
+
+    def _model_attributes(self, trainer, stats, scale):
+        """The weights, thresholds and firing statistics of the trainer's model now."""
         model = trainer.model
         return {
             "components_": _to_numpy(model.W_dec),
             "encoder_weights_": _to_numpy(model.W_enc),
             "encoder_bias_": _to_numpy(model.b_enc) / scale,
             "decoder_bias_": _to_numpy(model.b_dec) / scale,
-            "input_scale_": scale,
+            **_threshold_attribute(model.sparsifier, scale),
             "feature_density_": stats.feature_density.numpy(),
             "dead_fraction_": float(np.mean(stats.feature_density.numpy() == 0)),
-            "loss_curve_": list(losses),
-            "n_iter_": n_iter,
-            "n_steps_": trainer.n_steps,
-            **_threshold_attribute(model.sparsifier, scale),
-            "_fitted_sparsifier_params": self._sparsifier_params(),
-            "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
         }
 
     # ------------------------------------------------------------------ model construction

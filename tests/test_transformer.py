@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.callback import ProgressBar  # noqa: F401  (the callback API must import)
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
@@ -287,6 +286,68 @@ def test_partial_fit_keeps_the_scale_of_its_first_call():
         sae.partial_fit(chunk)
     assert sae.input_scale_ == scale
     assert sae.score(X) > before
+
+
+def test_early_stopping_restores_the_weights_of_the_best_validation_epoch(superposition_small):
+    X, _ = superposition_small
+    components_per_epoch = []
+
+    class RecordComponents:
+        def setup(self, estimator, context):
+            pass
+
+        def on_fit_task_begin(self, estimator, context, **kwargs):
+            pass
+
+        def on_fit_task_end(self, estimator, context, *, fitted_estimator):
+            if context.task_name == "epoch":
+                components_per_epoch.append(fitted_estimator.components_)
+                return context.task_id == 11  # stop after 12 epochs, before any decay
+
+        def teardown(self, estimator, context):
+            pass
+
+    # A learning rate this high makes the validation score go up and down.
+    sae = _sae(early_stopping=True, max_iter=100, learning_rate=0.05, max_no_improvement=None)
+    sae.set_callbacks(RecordComponents()).fit(X)
+    scores = sae.validation_scores_
+    assert len(scores) == sae.n_iter_ == 12
+    assert sae.best_validation_score_ == max(scores)
+    best_epoch = int(np.argmax(scores))
+    assert best_epoch != len(scores) - 1, "the test needs a best epoch before the last"
+    np.testing.assert_array_equal(sae.components_, components_per_epoch[best_epoch])
+
+    without = _sae(max_iter=2).fit(X)
+    assert without.validation_scores_ is None and without.best_validation_score_ is None
+
+
+def test_early_stopping_needs_samples_to_train_on():
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        _sae(early_stopping=True, validation_fraction=0.5).fit(np.ones((1, 3)))
+
+
+def test_verbose_prints_one_line_per_epoch(superposition_small, capsys):
+    X, _ = superposition_small
+    _sae(max_iter=3, verbose=1, early_stopping=True).fit(X)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3
+    for name in ["loss", "FVU", "L0", "dead", "validation FVU"]:
+        assert name in lines[-1]
+
+
+def test_progress_bar_draws_nested_in_a_grid_search_of_a_pipeline(capsys, monkeypatch):
+    pytest.importorskip("rich")
+    from sklearn.callback import ProgressBar
+    from sklearn.preprocessing import StandardScaler
+
+    monkeypatch.setenv("COLUMNS", "200")
+    X = make_sparse_superposition(600, 8, 16, 2, random_state=0)
+    pipe = make_pipeline(StandardScaler(), _sae(n_components=16, k=2, max_iter=3))
+    search = GridSearchCV(pipe, {"sparseautoencodertransformer__k": [1, 2]}, cv=2)
+    search.set_callbacks(ProgressBar(max_propagation_depth=None)).fit(X)
+    output = capsys.readouterr().out
+    assert "SparseAutoencoderTransformer - fit" in output
+    assert "100%" in output
 
 
 # ---------------------------------------------------------------- partial_fit

@@ -83,9 +83,16 @@ class AuxK(NamedTuple):
 
 
 class EpochStats(NamedTuple):
-    """What one pass over the data measured: mean loss, and how often each latent fired."""
+    """What one pass over the data measured, with the weights of each step.
+
+    ``loss`` is the training loss and ``fvu`` the squared error over the data's variance,
+    both means over the pass; ``l0`` the mean number of active latents per sample;
+    ``feature_density`` the fraction of samples each latent fired on.
+    """
 
     loss: float
+    fvu: float
+    l0: float
     feature_density: torch.Tensor
 
 
@@ -150,12 +157,14 @@ class Trainer:
         )
 
     def loss(self, x):
-        """Training loss of a batch: squared error summed over features, mean over rows."""
+        """Training loss of a batch, its squared error (summed over features, mean over
+        rows) alone, and the code."""
         model = self.model
         pre = model.pre_activation(x)
         code = model.sparsifier(pre)
         x_hat = model.decode(code)
-        loss = (x - x_hat).square().sum(dim=1).mean()
+        squared_error = (x - x_hat).square().sum(dim=1).mean()
+        loss = squared_error
         penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
         if penalty is not None and self.alpha:
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
@@ -163,7 +172,7 @@ class Trainer:
             aux = self.aux_loss(pre, (x - x_hat).detach())
             if aux is not None:
                 loss = loss + self.auxk.coef * aux
-        return loss, code
+        return loss, squared_error, code
 
     def aux_loss(self, pre, residual):
         """AuxK's normalised reconstruction of ``residual`` by the dead latents, or None."""
@@ -177,7 +186,7 @@ class Trainer:
         return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
 
     def step(self, x):
-        """One Adam step on the batch ``x``; returns the detached loss and the code."""
+        """One Adam step on the batch ``x``; returns :meth:`loss`'s results, detached."""
         if self.reference_loss is None:
             # The data's own scale enters too: with a single sample, the zero-code loss
             # is 0 and any rounding error would look like divergence.
@@ -189,7 +198,7 @@ class Trainer:
         if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
             self._refresh_auxk()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, code = self.loss(x)
+        loss, squared_error, code = self.loss(x)
         loss.backward()
         unit_norm = self.model.sparsifier.unit_norm_decoder
         if unit_norm:
@@ -199,7 +208,7 @@ class Trainer:
             self.model.normalize_decoder()
         self.model.sparsifier.constrain_()
         self.n_steps += 1
-        return loss.detach(), code
+        return loss.detach(), squared_error.detach(), code
 
     def run_epoch(self, X, batch_size, *, generator=None):
         """One pass over the rows of ``X`` in minibatches, shuffled when a generator is given.
@@ -211,19 +220,27 @@ class Trainer:
         order = None
         if generator is not None:
             order = torch.randperm(n_samples, generator=generator).to(X.device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=X.device)
+        # Sums of the loss, the squared error and the active count, in float64.
+        sums = torch.zeros(3, dtype=torch.float64, device=X.device)
         fired = torch.zeros(self.model.n_latents, dtype=torch.float64, device=X.device)
         for start in range(0, n_samples, batch_size):
             rows = slice(start, start + batch_size)
             batch = X[rows] if order is None else X[order[rows]]
-            loss, code = self.step(batch)
-            loss_sum += loss * batch.shape[0]
+            loss, squared_error, code = self.step(batch)
             fired_now = _firings(code, self.model.n_latents, fired.dtype)
+            n_rows = batch.shape[0]
+            sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum()])
             fired += fired_now
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
-        loss = loss_sum.item() / n_samples
+        loss, squared_error, active = (sums / n_samples).tolist()
         self._check_divergence(loss)
-        return EpochStats(loss=loss, feature_density=(fired / n_samples).cpu())
+        variance = (X - X.mean(dim=0)).square().sum(dim=1).mean().item()
+        return EpochStats(
+            loss=loss,
+            fvu=squared_error / variance if variance > 0 else math.nan,
+            l0=active,
+            feature_density=(fired / n_samples).cpu(),
+        )
 
     def _check_divergence(self, loss):
         limit = DIVERGENCE_FACTOR * max(self.reference_loss, torch.finfo(torch.float32).tiny)
@@ -257,3 +274,31 @@ def _firings(code, n_latents, dtype):
     return torch.zeros(n_latents, dtype=dtype, device=active.device).index_add_(
         0, code.indices.flatten(), active.flatten()
     )
+
+
+@torch.no_grad()
+def evaluate_fvu(model, X, chunk_rows=4096):
+    """Fraction of variance of ``X`` unexplained by the model's inference codes.
+
+    Chunked, so the memory it needs is bounded whatever ``len(X)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.module import SparseAutoencoder
+    >>> from sksae._nn.sparsifiers import TopK
+    >>> from sksae._nn.training import evaluate_fvu
+    >>> X = torch.randn(100, 4)
+    >>> sae = SparseAutoencoder(4, 8, TopK(k=8))
+    >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(0))
+    >>> 0 <= evaluate_fvu(sae, X) <= 1
+    True
+    """
+    mean = X.mean(dim=0)
+    residual = total = 0.0
+    for start in range(0, X.shape[0], chunk_rows):
+        x = X[start : start + chunk_rows]
+        x_hat = model.decode(model.encode(x))
+        residual += (x - x_hat).square().sum(dtype=torch.float64).item()
+        total += (x - mean).square().sum(dtype=torch.float64).item()
+    return residual / total if total > 0 else math.nan
