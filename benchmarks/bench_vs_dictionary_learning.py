@@ -24,6 +24,8 @@ Run from the repository root (see ``benchmarks/README.rst``)::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_vs_dictionary_learning.py
 
 ``--quick`` uses 10,000 samples (a smoke run); ``--seed`` seeds the data and every model;
+``--variants`` adds the other SAE variants (BatchTopK, and JumpReLU and ReLU over a grid of
+``alpha`` on normalised input);
 ``--mbdl-no-early-stop`` makes MBDL run its 3 epochs in full (by default its early stopping
 ends the fit within the first epoch).
 """
@@ -83,13 +85,29 @@ def timed_once(fn):
     return result, time.perf_counter() - start
 
 
-def bench_sae(X, directions, seed):
-    sae = SparseAutoencoderTransformer(n_components=512, k=N_ACTIVE, random_state=seed)
+#: The other SAE variants of ``--variants``: (label, parameters). The penalised ones train
+#: on normalised input, which their alpha grids (four decades) assume.
+VARIANTS = [
+    (f"BatchTopK k={N_ACTIVE}", {"activation": "batchtopk", "k": N_ACTIVE}),
+    *(
+        (
+            f"{name} alpha={alpha:g}",
+            {"activation": activation, "alpha": alpha, "normalize_input": "mean_norm"},
+        )
+        for name, activation in [("JumpReLU", "jumprelu"), ("ReLU", "relu")]
+        for alpha in [0.01, 0.1, 1.0, 10.0]
+    ),
+]
+
+
+def bench_sae(X, directions, seed, label=f"TopK k={N_ACTIVE}", params=None):
+    params = {"k": N_ACTIVE} if params is None else params
+    sae = SparseAutoencoderTransformer(n_components=512, random_state=seed, **params)
     _, fit_s = timed_once(lambda: sae.fit(X))
     codes, transform_s = best_time(lambda: sae.transform(X))
     X_hat = sae.inverse_transform(codes)
     row = Row(
-        f"sksae TopK SAE n=512 k={N_ACTIVE} ({sae.n_iter_} epochs)",
+        f"sksae {label} n=512 ({sae.n_iter_} epochs)",
         fit_s,
         transform_s,
         fvu(X, X_hat),
@@ -214,6 +232,11 @@ def main(argv=None):
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the models")
     parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also fit BatchTopK, and JumpReLU and ReLU over an alpha grid (several minutes)",
+    )
+    parser.add_argument(
         "--mbdl-no-early-stop",
         action="store_true",
         help="run MBDL's 3 epochs in full (tol=0, max_no_improvement=None); several "
@@ -248,6 +271,8 @@ def main(argv=None):
         offset=sae.decoder_bias_,
     )
     rows = [sae_row, mbdl_row, mbdl_omp_row, sae_omp_row]
+    if args.variants:
+        rows += [bench_sae(X, directions, args.seed, *variant)[1] for variant in VARIANTS]
 
     print(
         f"make_sparse_superposition({n_samples}, {N_FEATURES}, {N_SOURCES}, {N_ACTIVE}, "
