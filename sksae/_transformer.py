@@ -347,12 +347,15 @@ class SparseAutoencoderTransformer(
             scale = self._input_scale(X)
             X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
+            model = self._new_model(X_fit, generator, device)
             schedule = Schedule(
-                alpha_warmup_steps=math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps),
+                alpha_warmup_steps=math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps)
+                if model.sparsifier.penalised and self.alpha > 0
+                else 0,
                 decay_start=math.floor((1 - _DECAY_FRACTION) * planned_steps),
                 decay_steps=planned_steps - math.floor((1 - _DECAY_FRACTION) * planned_steps),
             )
-            trainer = self._new_trainer(self._new_model(X_fit, generator, device), schedule)
+            trainer = self._new_trainer(model, schedule)
             self._run_epochs(X, X_fit, X_val, scale, trainer, generator if self.shuffle else None)
         return self
 
@@ -377,7 +380,8 @@ class SparseAutoencoderTransformer(
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
         units of ``normalize_input``; callbacks see the user's ``X``. When the monitored
         quantity (the validation FVU with ``early_stopping``, else the training loss)
-        stops improving (``tol``, ``max_no_improvement``), the learning rate anneals
+        stops improving after the warm-up of ``alpha`` (``tol``, ``max_no_improvement``),
+        the learning rate anneals
         linearly to zero over a cool-down of a quarter as many epochs as were run (at
         least one), then the fit ends.
         """
@@ -410,10 +414,12 @@ class SparseAutoencoderTransformer(
                     self._fitted_attributes, trainer, stats, losses, len(losses), scale
                 ),
             )
-            if monitored < best_monitored * (1.0 - self.tol):
-                best_monitored, epochs_without_improvement = monitored, 0
-            else:
-                epochs_without_improvement += 1
+            # While alpha warms up the loss rises with it: no plateau can be judged yet.
+            if trainer.n_steps >= trainer.schedule.alpha_warmup_steps:
+                if monitored < best_monitored * (1.0 - self.tol):
+                    best_monitored, epochs_without_improvement = monitored, 0
+                else:
+                    epochs_without_improvement += 1
             cooling = trainer.schedule.decaying(trainer.n_steps)
             if epochs_without_improvement == self.max_no_improvement and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))

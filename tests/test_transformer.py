@@ -179,6 +179,14 @@ def test_a_plateau_ends_the_fit_after_a_learning_rate_cool_down(superposition_sm
     assert last_learning_rate == pytest.approx(sae._learning_rate() / steps_per_epoch)
 
 
+@pytest.mark.parametrize("activation", ["relu", "jumprelu"])
+def test_no_plateau_is_judged_while_alpha_warms_up(superposition_small, activation):
+    X, _ = superposition_small
+    # alpha warms up over 5% of 100 epochs: the rising penalty must not end the fit.
+    sae = _sae(activation=activation, alpha=1.0, max_iter=100, tol=0.5, max_no_improvement=1)
+    assert sae.fit(X).n_iter_ > 5
+
+
 def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
     X, _ = superposition_small
     sae = _sae(k=3, n_components=512).fit(X)

@@ -49,6 +49,8 @@ class Sparsifier(torch.nn.Module):
     unit_norm_decoder = False
     #: Norm of the decoder rows at initialisation.
     decoder_init_norm = 1.0
+    #: Whether :meth:`penalty` contributes to the loss (weighted by ``alpha``).
+    penalised = False
 
     def encode(self, pre):
         """Inference code; must treat every row independently of the others."""
@@ -79,6 +81,7 @@ class ReLU(Sparsifier):
     """
 
     decoder_init_norm = 0.1
+    penalised = True
 
     def forward(self, pre):
         return Code(F.relu(pre))
@@ -180,6 +183,7 @@ class JumpReLU(Sparsifier):
     """
 
     unit_norm_decoder = True
+    penalised = True
 
     def __init__(self, n_latents, bandwidth, threshold=None):
         super().__init__()
