@@ -16,13 +16,18 @@ from sklearn.base import (
 from sklearn.callback import CallbackSupportMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.extmath import row_norms
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._nn.batches import map_rows, to_tensor
+from ._nn.batches import as_dense, map_rows, squared_deviation_sum, to_tensor, training_rows
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
 from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fvu
 
+#: Input dtypes kept as they are (any other numeric type becomes float64).
+_FLOAT_DTYPES = [np.float64, np.float32]
+#: scipy.sparse formats taken as they are; others are converted to CSR.
+_SPARSE_FORMATS = ("csr", "csc")
 #: Rows drawn from the data to place the initial decoder bias at their geometric median.
 _MEDIAN_SAMPLE_ROWS = 4096
 #: Fraction of the planned steps of a fit over which ``alpha`` warms up from 0.
@@ -340,7 +345,7 @@ class SparseAutoencoderTransformer(
             The fitted estimator.
         """
         with _rollback_on_error(self):
-            X = validate_data(self, X, dtype=[np.float64, np.float32])
+            X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES)
             self._check_sparsifier_params()
             device = self._torch_device()
             generator = _torch_generator(self.random_state)
@@ -386,8 +391,8 @@ class SparseAutoencoderTransformer(
         least one), then the fit ends.
         """
         device = trainer.model.W_dec.device
-        X_tensor = to_tensor(X_fit, device)
-        X_val_tensor = None if X_val is None else to_tensor(X_val, device)
+        X_rows = training_rows(X_fit, device)
+        X_val_rows = None if X_val is None else training_rows(X_val, device)
         steps_per_epoch = math.ceil(X_fit.shape[0] / self.batch_size)
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
@@ -396,11 +401,11 @@ class SparseAutoencoderTransformer(
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
-            stats = self._train_pass(trainer, X_tensor, generator)
+            stats = self._train_pass(trainer, X_rows, generator)
             losses.append(stats.loss)
             monitored = stats.loss
-            if X_val_tensor is not None:
-                monitored = evaluate_fvu(trainer.model, X_val_tensor)
+            if X_val_rows is not None:
+                monitored = evaluate_fvu(trainer.model, X_val_rows)
                 validation_scores.append(1.0 - monitored)
                 if validation_scores[-1] == max(validation_scores):
                     best_model = self._model_attributes(trainer, stats, scale)
@@ -428,7 +433,7 @@ class SparseAutoencoderTransformer(
                 break
         fitted = self._fitted_attributes(trainer, stats, losses, len(losses), scale)
         fitted["validation_scores_"] = fitted["best_validation_score_"] = None
-        if X_val_tensor is not None:
+        if X_val_rows is not None:
             # The weights of the epoch with the best validation score.
             fitted.update(best_model)
             fitted["validation_scores_"] = validation_scores
@@ -473,8 +478,8 @@ class SparseAutoencoderTransformer(
             # _fit_context validates parameters on the first call only.
             self._validate_params()
             # Later calls cast X to the dtype the model was fitted in.
-            dtype = [np.float64, np.float32] if first_call else self.components_.dtype
-            X = validate_data(self, X, dtype=dtype, reset=first_call)
+            dtype = _FLOAT_DTYPES if first_call else self.components_.dtype
+            X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=dtype, reset=first_call)
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:
@@ -490,7 +495,7 @@ class SparseAutoencoderTransformer(
                 trainer = self._new_trainer(self._module(device, training=True), Schedule(), state)
                 losses = list(self.loss_curve_)
                 scale = self.input_scale_
-            stats = self._train_pass(trainer, to_tensor(_scaled(X, scale), device), None)
+            stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
             self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter, scale))
@@ -511,9 +516,9 @@ class SparseAutoencoderTransformer(
             state=state,
         )
 
-    def _train_pass(self, trainer, X_tensor, generator):
+    def _train_pass(self, trainer, rows, generator):
         try:
-            return trainer.run_epoch(X_tensor, self.batch_size, generator=generator)
+            return trainer.run_epoch(rows, self.batch_size, generator=generator)
         except TrainingDiverged as exc:
             raise ValueError(
                 f"Training diverged: {exc}. The learning_rate "
@@ -593,7 +598,7 @@ class SparseAutoencoderTransformer(
             device=device,
         )
         rows = torch.randperm(X.shape[0], generator=generator)[:_MEDIAN_SAMPLE_ROWS]
-        sample = torch.from_numpy(X[np.sort(rows.numpy())])
+        sample = torch.from_numpy(as_dense(X[np.sort(rows.numpy())]))
         model.reset_parameters(generator, b_dec=geometric_median(sample))
         return model
 
@@ -627,7 +632,7 @@ class SparseAutoencoderTransformer(
         """The factor ``normalize_input`` applies to the training data (1.0 for none)."""
         if self.normalize_input == "none":
             return 1.0
-        mean_norm = float(np.mean(np.linalg.norm(X, axis=1)))
+        mean_norm = float(np.mean(row_norms(X)))
         return math.sqrt(X.shape[1]) / mean_norm if mean_norm > 0 else 1.0
 
     def _learning_rate(self):
@@ -672,7 +677,9 @@ class SparseAutoencoderTransformer(
 
     def _validate_input(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return validate_data(
+            self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=False
+        )
 
     def transform(self, X):
         """Encode ``X`` as sparse codes.
@@ -707,7 +714,7 @@ class SparseAutoencoderTransformer(
             Reconstructed data, in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=[np.float64, np.float32])
+        codes = check_array(X, dtype=_FLOAT_DTYPES)
         if codes.shape[1] != self.components_.shape[0]:
             raise ValueError(
                 f"X has {codes.shape[1]} features, but inverse_transform expects codes "
@@ -755,7 +762,7 @@ class SparseAutoencoderTransformer(
         """
         X = self._validate_input(X)
         residual = self._squared_errors(X).sum(dtype=np.float64)
-        total = np.square(X - X.mean(axis=0, dtype=np.float64)).sum()
+        total = squared_deviation_sum(X)
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
 
     def _squared_errors(self, X):
@@ -771,6 +778,7 @@ class SparseAutoencoderTransformer(
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.input_tags.sparse = True
         return tags
 
 

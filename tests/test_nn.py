@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sksae._nn.batches import map_rows
+from sksae._nn.batches import DenseRows, map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
 from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
@@ -171,7 +171,7 @@ def test_auxk_revives_dead_latents():
             model.b_enc[:8] = -2.5  # the first eight latents start nearly dead
         trainer = Trainer(model, learning_rate=1e-2, auxk=AuxK(k=3, coef=coef, dead_steps=4))
         for _ in range(30):
-            stats = trainer.run_epoch(X, batch_size=64)
+            stats = trainer.run_epoch(DenseRows(X), batch_size=64)
         alive[coef] = int((stats.feature_density[:8] > 0).sum())
     assert alive[1.0] >= alive[0.0] + 3
 
@@ -200,7 +200,7 @@ def test_divergence_is_detected_by_growth_not_only_by_nan():
     X = torch.randn(256, 6, dtype=torch.float64)
     with pytest.raises(TrainingDiverged, match="all-zero code"):
         for _ in range(5):
-            trainer.run_epoch(X, batch_size=32)
+            trainer.run_epoch(DenseRows(X), batch_size=32)
 
 
 def test_map_rows_pads_chunks_and_keeps_row_order():

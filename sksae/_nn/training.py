@@ -119,9 +119,11 @@ class Trainer:
     >>> from sksae._nn.module import SparseAutoencoder
     >>> from sksae._nn.sparsifiers import TopK
     >>> from sksae._nn.training import Trainer
+    >>> from sksae._nn.batches import DenseRows
     >>> X = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
     >>> sae = SparseAutoencoder(8, 32, TopK(k=4))
     >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(0))
+    >>> X = DenseRows(X)
     >>> trainer = Trainer(sae, learning_rate=1e-2)
     >>> first = trainer.run_epoch(X, batch_size=64).loss
     >>> last = [trainer.run_epoch(X, batch_size=64) for _ in range(20)][-1].loss
@@ -211,12 +213,13 @@ class Trainer:
         return loss.detach(), squared_error.detach(), code
 
     def run_epoch(self, X, batch_size, *, generator=None):
-        """One pass over the rows of ``X`` in minibatches, shuffled when a generator is given.
+        """One pass over ``X`` (:class:`~sksae._nn.batches.DenseRows` or ``SparseRows``)
+        in minibatches, shuffled when a generator is given.
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
         is non-finite or more than ``DIVERGENCE_FACTOR`` times the reference loss.
         """
-        n_samples = X.shape[0]
+        n_samples = len(X)
         order = None
         if generator is not None:
             order = torch.randperm(n_samples, generator=generator).to(X.device)
@@ -225,7 +228,7 @@ class Trainer:
         fired = torch.zeros(self.model.n_latents, dtype=torch.float64, device=X.device)
         for start in range(0, n_samples, batch_size):
             rows = slice(start, start + batch_size)
-            batch = X[rows] if order is None else X[order[rows]]
+            batch = X.take(rows if order is None else order[rows])
             loss, squared_error, code = self.step(batch)
             fired_now = _firings(code, self.model.n_latents, fired.dtype)
             n_rows = batch.shape[0]
@@ -234,7 +237,7 @@ class Trainer:
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
         loss, squared_error, active = (sums / n_samples).tolist()
         self._check_divergence(loss)
-        variance = (X - X.mean(dim=0)).square().sum(dim=1).mean().item()
+        variance = X.variance()
         return EpochStats(
             loss=loss,
             fvu=squared_error / variance if variance > 0 else math.nan,
@@ -278,7 +281,8 @@ def _firings(code, n_latents, dtype):
 
 @torch.no_grad()
 def evaluate_fvu(model, X, chunk_rows=4096):
-    """Fraction of variance of ``X`` unexplained by the model's inference codes.
+    """Fraction of variance of ``X`` (rows, as in the loop) unexplained by the model's
+    inference codes.
 
     Chunked, so the memory it needs is bounded whatever ``len(X)``.
 
@@ -288,16 +292,17 @@ def evaluate_fvu(model, X, chunk_rows=4096):
     >>> from sksae._nn.module import SparseAutoencoder
     >>> from sksae._nn.sparsifiers import TopK
     >>> from sksae._nn.training import evaluate_fvu
+    >>> from sksae._nn.batches import DenseRows
     >>> X = torch.randn(100, 4)
     >>> sae = SparseAutoencoder(4, 8, TopK(k=8))
     >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(0))
-    >>> 0 <= evaluate_fvu(sae, X) <= 1
+    >>> 0 <= evaluate_fvu(sae, DenseRows(X)) <= 1
     True
     """
-    mean = X.mean(dim=0)
+    mean = X.mean()
     residual = total = 0.0
-    for start in range(0, X.shape[0], chunk_rows):
-        x = X[start : start + chunk_rows]
+    for start in range(0, len(X), chunk_rows):
+        x = X.take(slice(start, start + chunk_rows))
         x_hat = model.decode(model.encode(x))
         residual += (x - x_hat).square().sum(dtype=torch.float64).item()
         total += (x - mean).square().sum(dtype=torch.float64).item()
