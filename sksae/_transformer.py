@@ -385,8 +385,7 @@ class SparseAutoencoderTransformer(
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
         units of ``normalize_input``; callbacks see the user's ``X``. When the monitored
         quantity (the validation FVU with ``early_stopping``, else the training loss)
-        stops improving after the warm-up of ``alpha`` (``tol``, ``max_no_improvement``),
-        the learning rate anneals
+        reaches a plateau after the warm-up of ``alpha``, the learning rate anneals
         linearly to zero over a cool-down of a quarter as many epochs as were run (at
         least one), then the fit ends.
         """
@@ -397,7 +396,7 @@ class SparseAutoencoderTransformer(
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
         losses, validation_scores, best_model = [], [], None
-        best_monitored, epochs_without_improvement = math.inf, 0
+        plateau = _Plateau(self.tol, self.max_no_improvement)
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
@@ -420,13 +419,9 @@ class SparseAutoencoderTransformer(
                 ),
             )
             # While alpha warms up the loss rises with it: no plateau can be judged yet.
-            if trainer.n_steps >= trainer.schedule.alpha_warmup_steps:
-                if monitored < best_monitored * (1.0 - self.tol):
-                    best_monitored, epochs_without_improvement = monitored, 0
-                else:
-                    epochs_without_improvement += 1
+            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_steps
             cooling = trainer.schedule.decaying(trainer.n_steps)
-            if epochs_without_improvement == self.max_no_improvement and not cooling:
+            if warmed_up and plateau.reached(monitored) and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             if stop or trainer.schedule.finished(trainer.n_steps):
@@ -816,6 +811,25 @@ def _tree_map(fn, tree):
     if isinstance(tree, torch.Tensor | np.ndarray):
         return fn(tree)
     return tree
+
+
+class _Plateau:
+    """Counts epochs in which a value (lower is better) fails to improve by ``tol``.
+
+    :meth:`reached` is true once, at the ``patience``-th such epoch in a row (never
+    when ``patience`` is None).
+    """
+
+    def __init__(self, tol, patience):
+        self.tol, self.patience = tol, patience
+        self.best, self.epochs_without_improvement = math.inf, 0
+
+    def reached(self, value):
+        if value < self.best * (1.0 - self.tol):
+            self.best, self.epochs_without_improvement = value, 0
+        else:
+            self.epochs_without_improvement += 1
+        return self.epochs_without_improvement == self.patience
 
 
 @contextmanager
