@@ -395,6 +395,27 @@ def test_sparse_input_is_never_densified_whole():
     assert peak < dense_bytes / 10
 
 
+def test_a_memory_map_trains_and_encodes_in_bounded_memory(tmp_path):
+    X = make_sparse_superposition(60_000, 256, 512, 5, random_state=0).astype(np.float32)
+    path = tmp_path / "activations.npy"
+    np.save(path, X)
+    mapped = np.load(path, mmap_mode="r")  # 61 MB on disk, read-only
+    expected = _sae(n_components=64, k=4, max_iter=1).fit(X)
+    sae = _sae(n_components=64, k=4, max_iter=1)
+    tracemalloc.start()
+    try:
+        sae.fit(mapped)
+        codes = sae.transform(mapped)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # One batch, one chunk, the 4096 rows of the median sample and the codes (15 MB):
+    # far less than the 61 MB a copy of the data would take.
+    assert peak < X.nbytes / 2
+    np.testing.assert_array_equal(sae.components_, expected.components_)
+    np.testing.assert_array_equal(codes, expected.transform(X))
+
+
 # ---------------------------------------------------------------- partial_fit
 
 

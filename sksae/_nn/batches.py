@@ -1,8 +1,9 @@
 """From arrays to torch batches, and row-wise maps over arrays in bounded memory.
 
 Training data is a :class:`DenseRows` (one tensor on the device; batches are views or
-one gather) or a :class:`SparseRows` (a scipy CSR matrix, densified one batch at a
-time); :func:`training_rows` picks. Both give ``len``, ``take(index)`` for a slice or a
+one gather), a :class:`MappedRows` (a memory-mapped array, read one batch at a time) or a
+:class:`SparseRows` (a scipy CSR matrix, densified one batch at a time);
+:func:`training_rows` picks. Both give ``len``, ``take(index)`` for a slice or a
 tensor of row indices, and the statistics the loop reports against.
 """
 
@@ -34,9 +35,11 @@ def as_dense(X):
 
 
 def training_rows(X, device):
-    """The rows of a numpy array or a scipy.sparse matrix, for the training loop."""
+    """The rows of a numpy array, a memory map or a scipy.sparse matrix, for training."""
     if sp.issparse(X):
         return SparseRows(X, device)
+    if isinstance(X, np.memmap) or not X.flags.writeable:
+        return MappedRows(X, device)
     return DenseRows(to_tensor(X, device))
 
 
@@ -71,6 +74,43 @@ class DenseRows:
     def variance(self):
         """Mean squared distance of a row to the mean row (the denominator of FVU)."""
         return (self.tensor - self.mean()).square().sum(dim=1).mean().item()
+
+
+class MappedRows:
+    """Rows of an array left where it is (a memory map, say), read one batch at a time.
+
+    Only the rows of a batch are copied into memory, so a file larger than memory
+    trains in bounded memory; shuffled batches read scattered rows, which a disk serves
+    more slowly than a contiguous file.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae._nn.batches import MappedRows
+    >>> rows = MappedRows(np.array([[0.0, 2.0], [2.0, 0.0]]), device="cpu")
+    >>> rows.take(slice(1, 2)).tolist(), rows.variance()
+    ([[2.0, 0.0]], 2.0)
+    """
+
+    def __init__(self, X, device):
+        self.X = X
+        self.device = torch.device(device)
+
+    def __len__(self):
+        return self.X.shape[0]
+
+    def take(self, index):
+        if isinstance(index, torch.Tensor):
+            index = index.cpu().numpy()
+        return torch.from_numpy(np.array(self.X[index])).to(self.device)
+
+    def mean(self):
+        # numpy reduces a memory map block by block, without a copy of it.
+        mean = np.asarray(self.X.mean(axis=0, dtype=np.float64))
+        return torch.from_numpy(mean).to(self.device, _torch_dtype(self.X.dtype))
+
+    def variance(self):
+        return squared_deviation_sum(self.X) / len(self)
 
 
 class SparseRows:
@@ -142,3 +182,7 @@ def map_rows(fn, X, *, device, chunk_rows=INFERENCE_CHUNK_ROWS):
             out = np.empty((n_samples, *result.shape[1:]), dtype=result.dtype)
         out[start:stop] = result
     return out
+
+
+def _torch_dtype(numpy_dtype):
+    return torch.from_numpy(np.empty(0, dtype=numpy_dtype)).dtype
