@@ -205,23 +205,27 @@ def test_feature_names_out():
     assert list(names) == [f"sparseautoencodertransformer{i}" for i in range(5)]
 
 
+class _EpochCallback:
+    """A sklearn.callback FitCallback whose only work is in ``on_fit_task_end``."""
+
+    def setup(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def teardown(self, estimator, context):
+        pass
+
+
 def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
     X, _ = superposition_small
 
-    class StopAfterTwoEpochs:
-        def setup(self, estimator, context):
-            pass
-
-        def on_fit_task_begin(self, estimator, context, **kwargs):
-            pass
-
+    class StopAfterTwoEpochs(_EpochCallback):
         def on_fit_task_end(self, estimator, context, *, fitted_estimator):
             if context.task_name == "epoch":
                 assert fitted_estimator.transform(X[:3]).shape == (3, 64)
                 return context.task_id == 1
-
-        def teardown(self, estimator, context):
-            pass
 
     sae = _sae(max_iter=50).set_callbacks(StopAfterTwoEpochs()).fit(X)
     assert sae.n_iter_ == 2
@@ -302,20 +306,11 @@ def test_early_stopping_restores_the_weights_of_the_best_validation_epoch(superp
     X, _ = superposition_small
     components_per_epoch = []
 
-    class RecordComponents:
-        def setup(self, estimator, context):
-            pass
-
-        def on_fit_task_begin(self, estimator, context, **kwargs):
-            pass
-
+    class RecordComponents(_EpochCallback):
         def on_fit_task_end(self, estimator, context, *, fitted_estimator):
             if context.task_name == "epoch":
                 components_per_epoch.append(fitted_estimator.components_)
                 return context.task_id == 11  # stop after 12 epochs, before any decay
-
-        def teardown(self, estimator, context):
-            pass
 
     # A learning rate this high makes the validation score go up and down.
     sae = _sae(early_stopping=True, max_iter=100, learning_rate=0.05, max_no_improvement=None)

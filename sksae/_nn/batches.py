@@ -1,10 +1,10 @@
 """From arrays to torch batches, and row-wise maps over arrays in bounded memory.
 
 Training data is a :class:`DenseRows` (one tensor on the device; batches are views or
-one gather), a :class:`MappedRows` (a memory-mapped array, read one batch at a time) or a
-:class:`SparseRows` (a scipy CSR matrix, densified one batch at a time);
-:func:`training_rows` picks. Both give ``len``, ``take(index)`` for a slice or a
-tensor of row indices, and the statistics the loop reports against.
+one gather) or a :class:`HostRows` (a memory map or a scipy.sparse matrix left on the
+host, read and densified one batch at a time); :func:`training_rows` picks. Both give
+``len``, ``take(index)`` for a slice or a tensor of row indices, and the statistics the
+loop reports against.
 """
 
 import numpy as np
@@ -36,10 +36,8 @@ def as_dense(X):
 
 def training_rows(X, device):
     """The rows of a numpy array, a memory map or a scipy.sparse matrix, for training."""
-    if sp.issparse(X):
-        return SparseRows(X, device)
-    if isinstance(X, np.memmap) or not X.flags.writeable:
-        return MappedRows(X, device)
+    if sp.issparse(X) or isinstance(X, np.memmap) or not X.flags.writeable:
+        return HostRows(X, device)
     return DenseRows(to_tensor(X, device))
 
 
@@ -76,58 +74,27 @@ class DenseRows:
         return (self.tensor - self.mean()).square().sum(dim=1).mean().item()
 
 
-class MappedRows:
-    """Rows of an array left where it is (a memory map, say), read one batch at a time.
+class HostRows:
+    """Rows left on the host (a memory map, a scipy.sparse matrix), read one batch at a time.
 
-    Only the rows of a batch are copied into memory, so a file larger than memory
-    trains in bounded memory; shuffled batches read scattered rows, which a disk serves
-    more slowly than a contiguous file.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sksae._nn.batches import MappedRows
-    >>> rows = MappedRows(np.array([[0.0, 2.0], [2.0, 0.0]]), device="cpu")
-    >>> rows.take(slice(1, 2)).tolist(), rows.variance()
-    ([[2.0, 0.0]], 2.0)
-    """
-
-    def __init__(self, X, device):
-        self.X = X
-        self.device = torch.device(device)
-
-    def __len__(self):
-        return self.X.shape[0]
-
-    def take(self, index):
-        if isinstance(index, torch.Tensor):
-            index = index.cpu().numpy()
-        return torch.from_numpy(np.array(self.X[index])).to(self.device)
-
-    def mean(self):
-        # numpy reduces a memory map block by block, without a copy of it.
-        mean = np.asarray(self.X.mean(axis=0, dtype=np.float64))
-        return torch.from_numpy(mean).to(self.device, _torch_dtype(self.X.dtype))
-
-    def variance(self):
-        return squared_deviation_sum(self.X) / len(self)
-
-
-class SparseRows:
-    """Rows of a scipy.sparse matrix, densified only one batch at a time.
+    Only the rows of a batch are copied, densified if sparse, and moved to the device,
+    so data larger than memory, or than its dense form, trains in bounded memory.
+    Shuffled batches read scattered rows, which a disk serves more slowly than a
+    contiguous file.
 
     Examples
     --------
     >>> import scipy.sparse as sp
-    >>> from sksae._nn.batches import SparseRows
-    >>> rows = SparseRows(sp.csr_array([[0.0, 2.0], [2.0, 0.0]]), device="cpu")
+    >>> from sksae._nn.batches import HostRows
+    >>> rows = HostRows(sp.csr_array([[0.0, 2.0], [2.0, 0.0]]), device="cpu")
     >>> rows.take(slice(0, 1)).tolist(), rows.variance()
     ([[0.0, 2.0]], 2.0)
     """
 
     def __init__(self, X, device):
-        self.X = sp.csr_array(X)
+        self.X = sp.csr_array(X) if sp.issparse(X) else X
         self.device = torch.device(device)
+        self._variance = None
 
     def __len__(self):
         return self.X.shape[0]
@@ -135,23 +102,42 @@ class SparseRows:
     def take(self, index):
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        return torch.from_numpy(self.X[index].toarray()).to(self.device)
+        # A writeable copy: rows of a read-only memory map cannot back a tensor.
+        rows = np.require(as_dense(self.X[index]), requirements="CW")
+        return torch.from_numpy(rows).to(self.device)
 
     def mean(self):
-        return torch.from_numpy(np.asarray(self.X.mean(axis=0)).ravel()).to(self.device)
+        # numpy and scipy reduce without a dense copy of the data.
+        mean = np.asarray(self.X.mean(axis=0, dtype=np.float64)).ravel()
+        return torch.from_numpy(mean).to(self.device, _torch_dtype(self.X.dtype))
 
     def variance(self):
-        # E||x||^2 - ||E x||^2 in float64: no dense copy of the data.
-        squared_norms = self.X.multiply(self.X).sum(dtype=np.float64) / self.X.shape[0]
-        mean = np.asarray(self.X.mean(axis=0, dtype=np.float64)).ravel()
-        return float(squared_norms - mean @ mean)
+        if self._variance is None:  # a pass over the data: once
+            self._variance = squared_deviation_sum(self.X) / len(self)
+        return self._variance
 
 
-def squared_deviation_sum(X, chunk_rows=4096):
-    """``sum_i ||x_i - mean(X)||^2`` in float64 for a dense or sparse ``X``, by chunks."""
+def squared_deviation_sum(X):
+    """``sum_i ||x_i - mean(X)||^2`` in float64, without a dense copy of ``X``.
+
+    Sparse: ``sum ||x||^2 - n ||mean||^2``. Dense: by chunks of about a million values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from sksae._nn.batches import squared_deviation_sum
+    >>> X = np.array([[0.0, 2.0], [2.0, 0.0]])
+    >>> squared_deviation_sum(X), squared_deviation_sum(sp.csr_array(X))
+    (4.0, 4.0)
+    """
     mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+    if sp.issparse(X):
+        squared_norms = sp.csr_array(X).power(2).sum(dtype=np.float64)
+        return float(squared_norms - X.shape[0] * (mean @ mean))
+    chunk_rows = max(1, 2**20 // max(X.shape[1], 1))
     return sum(
-        float(np.square(as_dense(X[start : start + chunk_rows]) - mean).sum())
+        float(np.square(X[start : start + chunk_rows] - mean).sum())
         for start in range(0, X.shape[0], chunk_rows)
     )
 
