@@ -19,7 +19,14 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.extmath import row_norms
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from ._nn.batches import as_dense, map_rows, squared_deviation_sum, to_tensor, training_rows
+from ._nn.batches import (
+    as_dense,
+    map_rows,
+    rows_per_chunk,
+    squared_deviation_sum,
+    to_tensor,
+    training_rows,
+)
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
 from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fvu
@@ -28,8 +35,10 @@ from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fv
 _FLOAT_DTYPES = [np.float64, np.float32]
 #: scipy.sparse formats taken as they are; others are converted to CSR.
 _SPARSE_FORMATS = ("csr", "csc")
-#: Rows drawn from the data to place the initial decoder bias at their geometric median.
+#: Rows drawn from the data to place the initial decoder bias at their geometric median:
+#: at most this many, and at most about 4 million values.
 _MEDIAN_SAMPLE_ROWS = 4096
+_MEDIAN_SAMPLE_VALUES = 2**22
 #: Fraction of the planned steps of a fit over which ``alpha`` warms up from 0.
 _ALPHA_WARMUP_FRACTION = 0.05
 #: Fraction of a fit over which the learning rate decays linearly to 0 at its end.
@@ -592,7 +601,8 @@ class SparseAutoencoderTransformer(
             dtype=torch_dtype,
             device=device,
         )
-        rows = torch.randperm(X.shape[0], generator=generator)[:_MEDIAN_SAMPLE_ROWS]
+        n_rows = min(_MEDIAN_SAMPLE_ROWS, rows_per_chunk(X.shape[1], _MEDIAN_SAMPLE_VALUES))
+        rows = torch.randperm(X.shape[0], generator=generator)[:n_rows]
         sample = torch.from_numpy(as_dense(X[np.sort(rows.numpy())]))
         model.reset_parameters(generator, b_dec=geometric_median(sample))
         return model

@@ -372,7 +372,10 @@ def test_sparse_input_gives_the_model_of_its_dense_twin(activation):
 
 
 def _traced_peak(fn):
-    """``fn()`` and the peak of the memory Python and numpy allocated while it ran."""
+    """``fn()`` and the peak of the memory Python and numpy allocated while it ran.
+
+    Call ``fn`` once on small data first: the modules a first fit imports would count.
+    """
     tracemalloc.start()
     try:
         return fn(), tracemalloc.get_traced_memory()[1]
@@ -385,10 +388,12 @@ def test_sparse_input_is_never_densified_whole():
     # 1.6 GB as a dense float32 array; 5 MB as CSR.
     X = sp.random_array((100_000, 4000), density=1e-3, dtype=np.float32, rng=rng, format="csr")
     sae = _sae(n_components=32, k=4, max_iter=1, early_stopping=True)
+    sae.fit(X[:1000]).transform(X[:1000])
     codes, peak = _traced_peak(lambda: sae.fit(X).transform(X))
     assert codes.shape == (100_000, 32)
     # What is allocated is bounded by rows, not by the data: the codes (13 MB), one
-    # minibatch at a time, and the 4096 rows whose geometric median starts b_dec (66 MB).
+    # minibatch or chunk at a time, and the rows whose geometric median starts b_dec
+    # (1048 here, 17 MB).
     dense_bytes = X.shape[0] * X.shape[1] * 4
     assert peak < dense_bytes / 10
 
@@ -400,9 +405,10 @@ def test_a_memory_map_trains_and_encodes_in_bounded_memory(tmp_path):
     mapped = np.load(path, mmap_mode="r")  # 61 MB on disk, read-only
     expected = _sae(n_components=64, k=4, max_iter=1).fit(X)
     sae = _sae(n_components=64, k=4, max_iter=1)
+    sae.fit(mapped[:1000]).transform(mapped[:1000])
     codes, peak = _traced_peak(lambda: sae.fit(mapped).transform(mapped))
-    # One batch, one chunk, the 4096 rows of the median sample and the codes (15 MB):
-    # far less than the 61 MB a copy of the data would take.
+    # One batch, one chunk, the 4096 rows of the median sample (4 MB) and the codes
+    # (15 MB): far less than the 61 MB a copy of the data would take.
     assert peak < X.nbytes / 2
     np.testing.assert_array_equal(sae.components_, expected.components_)
     np.testing.assert_array_equal(codes, expected.transform(X))

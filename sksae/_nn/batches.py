@@ -16,6 +16,14 @@ import torch
 #: last bits, so fixed-size chunks make ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``.
 INFERENCE_CHUNK_ROWS = 256
 
+#: Values (rows x features) that a statistic over the data densifies at a time.
+CHUNK_VALUES = 2**20
+
+
+def rows_per_chunk(n_features, values=CHUNK_VALUES):
+    """Rows of ``n_features`` columns that fit in ``values`` values (at least one)."""
+    return max(1, values // max(n_features, 1))
+
 
 def to_tensor(X, device):
     """A numpy array as a contiguous torch tensor on ``device``.
@@ -135,7 +143,7 @@ def squared_deviation_sum(X):
     if sp.issparse(X):
         squared_norms = sp.csr_array(X).power(2).sum(dtype=np.float64)
         return float(squared_norms - X.shape[0] * (mean @ mean))
-    chunk_rows = max(1, 2**20 // max(X.shape[1], 1))
+    chunk_rows = rows_per_chunk(X.shape[1])
     return sum(
         float(np.square(X[start : start + chunk_rows] - mean).sum())
         for start in range(0, X.shape[0], chunk_rows)

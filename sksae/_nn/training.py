@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from .batches import rows_per_chunk
+
 #: An epoch's mean loss above this multiple of the reference loss (the loss of the
 #: all-zero code plus the mean squared norm of the data) means the fit is running away: a
 #: working SAE never does orders of magnitude worse than reconstructing nothing.
@@ -280,11 +282,11 @@ def _firings(code, n_latents, dtype):
 
 
 @torch.no_grad()
-def evaluate_fvu(model, X, chunk_rows=4096):
+def evaluate_fvu(model, X):
     """Fraction of variance of ``X`` (rows, as in the loop) unexplained by the model's
     inference codes.
 
-    Chunked, so the memory it needs is bounded whatever ``len(X)``.
+    Chunked, so the memory it needs is bounded whatever the size of ``X``.
 
     Examples
     --------
@@ -301,6 +303,7 @@ def evaluate_fvu(model, X, chunk_rows=4096):
     """
     mean = X.mean()
     residual = total = 0.0
+    chunk_rows = rows_per_chunk(mean.shape[0])
     for start in range(0, len(X), chunk_rows):
         x = X.take(slice(start, start + chunk_rows))
         x_hat = model.decode(model.encode(x))
