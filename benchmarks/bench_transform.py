@@ -1,0 +1,77 @@
+"""The cost of the estimator around the encoder: transform against a bare torch encoder.
+
+A fitted TopK ``SparseAutoencoderTransformer`` encodes ``X`` with ``transform`` (input
+validation, fixed-size padded chunks, a dense code in numpy). The bare reference does the
+same arithmetic on the same arrays in one go: ``torch.addmm`` for the pre-activations,
+``topk``, ``ReLU`` and a scatter into a dense code. Their time ratio is what the
+estimator's conventions cost (1.0 would be free).
+
+Run from the repository root::
+
+    python benchmarks/bench_transform.py            # 100k samples, d=512, n=4096, k=32
+    python benchmarks/bench_transform.py --quick    # 20k samples
+"""
+
+import argparse
+import datetime
+import os
+import time
+
+import numpy as np
+import torch
+
+from sksae import SparseAutoencoderTransformer
+
+
+def best_of(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return result, min(times)
+
+
+def bare_encoder(sae):
+    """The TopK encoder on torch tensors, with nothing around it."""
+    W_enc = torch.from_numpy(sae.encoder_weights_)
+    bias = torch.from_numpy(sae.encoder_bias_ - sae.encoder_weights_ @ sae.decoder_bias_)
+
+    def encode(X):
+        with torch.inference_mode():
+            pre = torch.addmm(bias, torch.from_numpy(X), W_enc.T)
+            values, indices = pre.topk(sae.k, dim=1, sorted=False)
+            return torch.zeros_like(pre).scatter_(1, indices, values.relu()).numpy()
+
+    return encode
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 samples")
+    args = parser.parse_args(argv)
+    n_samples, n_features, n_components, k = (20_000 if args.quick else 100_000), 512, 4096, 32
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n_samples, n_features), dtype=np.float32)
+    # Two short epochs on a sample fit a model; the weights do not change the timing.
+    sae = SparseAutoencoderTransformer(n_components, k=k, max_iter=2, random_state=0)
+    sae.fit(X[:8192])
+
+    codes, ours = best_of(lambda: sae.transform(X))
+    reference, bare = best_of(lambda: bare_encoder(sae)(X))
+    agree = np.mean(np.count_nonzero(codes, axis=1) == np.count_nonzero(reference, axis=1))
+    gflop = 2 * n_samples * n_features * n_components / 1e9
+    print(f"transform of {n_samples} x {n_features} into {n_components} latents, k={k}, float32")
+    print(f"{'encoder':<34}{'seconds':>9}{'GFLOP/s':>9}{'ratio':>7}")
+    rows = [("bare torch addmm + topk", bare), ("SparseAutoencoderTransformer", ours)]
+    for name, seconds in rows:
+        print(f"{name:<34}{seconds:>9.3f}{gflop / seconds:>9.1f}{seconds / bare:>7.2f}")
+    print(f"rows with the same number of active latents: {agree:.4f}")
+    print(
+        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
+    )
+
+
+if __name__ == "__main__":
+    main()
