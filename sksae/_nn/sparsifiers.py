@@ -37,10 +37,6 @@ class Code(NamedTuple):
         dense = self.values.new_zeros(self.values.shape[0], n_latents)
         return dense.scatter_(1, self.indices, self.values)
 
-    def active_count(self):
-        """Number of nonzero entries per row, as a float tensor of shape ``[batch]``."""
-        return (self.values != 0).sum(dim=1, dtype=self.values.dtype)
-
 
 class Sparsifier(torch.nn.Module):
     """Base class: maps pre-activations ``[batch, n_latents]`` to a :class:`Code`."""

@@ -166,14 +166,14 @@ class Trainer:
         model = self.model
         pre = model.pre_activation(x)
         code = model.sparsifier(pre)
-        x_hat = model.decode(code)
-        squared_error = (x - x_hat).square().sum(dim=1).mean()
+        residual = x - model.decode(code)
+        squared_error = residual.square().sum(dim=1).mean()
         loss = squared_error
-        penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
-        if penalty is not None and self.alpha:
+        if model.sparsifier.penalised and self.alpha:
+            penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
         if self._auxk_on:
-            aux = self.aux_loss(pre, (x - x_hat).detach())
+            aux = self.aux_loss(pre, residual.detach())
             if aux is not None:
                 loss = loss + self.auxk.coef * aux
         return loss, squared_error, code
