@@ -158,7 +158,7 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     residual_hat = np.einsum("bj,bjf->bf", values, W_dec[:8][top])
     r = residual.numpy()
     expected = np.square(r - residual_hat).sum() / np.square(r - r.mean(axis=0)).sum()
-    assert trainer.aux_loss(pre, residual).item() == pytest.approx(expected, rel=1e-10)
+    assert trainer.aux_loss(x, pre, residual).item() == pytest.approx(expected, rel=1e-10)
 
 
 def test_auxk_revives_dead_latents():
@@ -193,6 +193,39 @@ def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(k, n_latents):
     grads_dense = torch.autograd.grad(loss_dense, list(model.parameters()))
     for sparse_grad, dense_grad in zip(grads_sparse, grads_dense, strict=True):
         torch.testing.assert_close(sparse_grad, dense_grad)
+
+
+def _loss_and_gradients(trainer, x):
+    loss = trainer.loss(x)[0]
+    parameters = [p for p in trainer.model.parameters() if p.requires_grad]
+    return loss, torch.autograd.grad(loss, [x, *parameters])
+
+
+def test_sparse_encoder_backward_equals_the_dense_one_with_auxk():
+    """The training loss and every gradient (input included) are those of plain autograd
+    through the dense pre-activations, for the TopK loss and the AuxK loss alike."""
+    model = _model(TopK(k=3), n_features=6, n_latents=128)
+    trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=4, coef=0.5, dead_steps=1))
+    trainer.steps_since_fired[::3] = 1  # a third of the latents are dead
+    trainer._refresh_auxk()
+    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    pre = model.pre_activation(x).detach()
+    assert model.sparsifier.select(pre) is not None  # the sparse path is the one under test
+    sparse_loss, sparse_grads = _loss_and_gradients(trainer, x)
+
+    class DenseSelection(SparseAutoencoder):
+        def selected_pre_activation(self, x, pre, indices):
+            return pre.gather(1, indices)
+
+        def training_code(self, x, pre):
+            return self.sparsifier(pre)
+
+    model.__class__ = DenseSelection
+    dense_loss, dense_grads = _loss_and_gradients(trainer, x)
+    torch.testing.assert_close(sparse_loss, dense_loss, rtol=1e-12, atol=0)
+    for sparse_grad, dense_grad in zip(sparse_grads, dense_grads, strict=True):
+        assert dense_grad.abs().max() > 0
+        torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-12)
 
 
 def test_divergence_is_detected_by_growth_not_only_by_nan():

@@ -6,8 +6,12 @@ dictionary atoms, and a contiguous decoder lets ``embedding_bag`` gather the ``k
 TopK code selects without touching the others.
 """
 
+import warnings
+
 import torch
 import torch.nn.functional as F
+
+from .sparsifiers import Code
 
 
 class SparseAutoencoder(torch.nn.Module):
@@ -73,10 +77,32 @@ class SparseAutoencoder(torch.nn.Module):
         self.b_enc.zero_()
         self.b_dec.copy_(b_dec)
 
-    def pre_activation(self, x):
+    def encoder_bias(self):
         # b_dec folded into the bias: x @ W_enc^T + (b_enc - W_enc b_dec) skips
         # materialising x - b_dec and the matmul its gradient would cost.
-        return F.linear(x, self.W_enc, torch.addmv(self.b_enc, self.W_enc, self.b_dec, alpha=-1))
+        return torch.addmv(self.b_enc, self.W_enc, self.b_dec, alpha=-1)
+
+    def pre_activation(self, x):
+        return F.linear(x, self.W_enc, self.encoder_bias())
+
+    def training_code(self, x, pre):
+        """The training code of ``x``, whose pre-activations are ``pre``.
+
+        When the sparsifier keeps a few latents per row (:meth:`Sparsifier.select`), the
+        gradient reaches the encoder through the chosen entries alone, and the dense
+        ``pre`` is never differentiated: the backward pass costs ``O(batch * k *
+        n_features)`` instead of a second dense matmul.
+        """
+        indices = self.sparsifier.select(pre.detach())
+        if indices is None:
+            return self.sparsifier(pre)
+        return Code(
+            self.sparsifier.activate(self.selected_pre_activation(x, pre, indices)), indices
+        )
+
+    def selected_pre_activation(self, x, pre, indices):
+        """``pre[b, indices[b, j]]``, differentiable through those entries alone."""
+        return _SelectedLinear.apply(x, self.W_enc, self.encoder_bias(), pre.detach(), indices)
 
     def encode(self, x):
         """Inference code of each row of ``x`` (row-independent)."""
@@ -95,7 +121,7 @@ class SparseAutoencoder(torch.nn.Module):
 
     def forward(self, x):
         """Training pass: ``(x_hat, code)``."""
-        code = self.sparsifier(self.pre_activation(x))
+        code = self.training_code(x, self.pre_activation(x))
         return self.decode(code), code
 
     def decoder_norms(self):
@@ -118,6 +144,47 @@ class SparseAutoencoder(torch.nn.Module):
         grad = self.W_dec.grad
         if grad is not None:
             grad -= (grad * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
+
+
+class _SelectedLinear(torch.autograd.Function):
+    """Entries ``indices`` of the rows of ``pre = x @ weight^T + bias``, already computed.
+
+    The backward pass touches the selected entries only: with ``S`` the sparse
+    ``[batch, n_latents]`` matrix of their gradients, the weight gradient is ``S^T @ x``
+    (a CSR product, about ten times faster on the CPU than ``index_add_`` over the
+    ``batch * k`` rows), the bias gradient a scatter-add of ``S``, and the input gradient
+    ``S @ weight`` (an ``embedding_bag``).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pre, indices):
+        ctx.save_for_backward(x, weight, indices)
+        return pre.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, indices = ctx.saved_tensors
+        n_rows, k = indices.shape
+        grad = grad.contiguous()
+        flat_indices, flat_grad = indices.flatten(), grad.flatten()
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
+        if ctx.needs_input_grad[1]:
+            row_starts = torch.arange(0, n_rows * k + 1, k, device=grad.device)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                selection = torch.sparse_csr_tensor(
+                    row_starts,
+                    flat_indices,
+                    flat_grad,
+                    (n_rows, weight.shape[0]),
+                    check_invariants=False,
+                )
+            grad_weight = selection.t() @ x
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.new_zeros(weight.shape[0]).index_add_(0, flat_indices, flat_grad)
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def geometric_median(X, *, max_iter=100, tol=1e-6):

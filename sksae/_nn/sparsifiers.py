@@ -47,6 +47,9 @@ class Sparsifier(torch.nn.Module):
     decoder_init_norm = 1.0
     #: Whether :meth:`penalty` contributes to the loss (weighted by ``alpha``).
     penalised = False
+    #: Whether the AuxK loss applies. Only a hard sparsity constraint needs it: a penalty
+    #: keeps gradients flowing to every latent, a TopK selection does not.
+    needs_auxk = False
 
     def encode(self, pre):
         """Inference code; must treat every row independently of the others."""
@@ -56,11 +59,12 @@ class Sparsifier(torch.nn.Module):
         """Per-batch sparsity penalty (mean over rows), or ``None`` for a hard constraint."""
         return None
 
-    def aux_code(self, pre, dead, aux_k):
-        """Code of the dead latents for the AuxK loss, or ``None`` where AuxK does not apply.
+    def select(self, pre):
+        """Latents each row keeps, ``[batch, k]``, or ``None`` to train on dense codes.
 
-        Only sparsifiers with a hard sparsity constraint need AuxK: a penalty keeps
-        gradients flowing to every latent, a TopK selection does not.
+        A sparsifier that returns indices here computes its training code as
+        ``activate(pre at those latents)`` and defines :meth:`activate`; the model then
+        back-propagates through the chosen entries alone. ``pre`` is detached.
         """
         return None
 
@@ -90,6 +94,7 @@ class TopK(Sparsifier):
     """Keep the ``k`` largest entries of ``ReLU(pre)`` in each row (Gao et al., 2024)."""
 
     unit_norm_decoder = True
+    needs_auxk = True
 
     def __init__(self, k):
         super().__init__()
@@ -97,18 +102,15 @@ class TopK(Sparsifier):
 
     def forward(self, pre):
         values, indices = pre.topk(self.k, dim=1, sorted=False)
-        return _compact(Code(F.relu(values), indices), pre.shape[1])
+        return _compact(Code(self.activate(values), indices), pre.shape[1])
 
-    def aux_code(self, pre, dead, aux_k):
-        """The ``aux_k`` largest pre-activations among the ``dead`` latents (a mask) of a row.
+    def select(self, pre):
+        if self.k > SPARSE_CODE_MAX_DENSITY * pre.shape[1]:
+            return None
+        return pre.topk(self.k, dim=1, sorted=False).indices
 
-        Live latents are masked to ``-inf``, which ReLU maps to 0: when fewer than
-        ``aux_k`` latents are dead the extra picks contribute nothing, and the host never
-        has to count the dead latents.
-        """
-        masked = pre.masked_fill(~dead, -math.inf)
-        values, indices = masked.topk(min(aux_k, pre.shape[1]), dim=1, sorted=False)
-        return _compact(Code(F.relu(values), indices), pre.shape[1])
+    def activate(self, selected):
+        return F.relu(selected)
 
     def extra_repr(self):
         return f"k={self.k}"
@@ -138,6 +140,10 @@ class BatchTopK(TopK):
         if threshold is None:
             threshold = torch.tensor(math.nan, dtype=torch.float64)
         self.register_buffer("threshold", threshold.to(torch.float64))
+
+    def select(self, pre):
+        # Rows keep different numbers of latents: the code stays dense.
+        return None
 
     def forward(self, pre):
         activations = F.relu(pre).flatten()
@@ -243,16 +249,16 @@ class _StepFunction(torch.autograd.Function):
         return None, -(window * grad).sum(dim=0) / ctx.bandwidth, None
 
 
-#: Codes with at most this fraction of latents active are decoded through the chosen
-#: rows alone; denser ones as a dense matmul, which is then faster. Measured on the CPU
-#: (forward and backward): embedding_bag 0.74 ms vs dense 0.93 at k=5 of 512 latents,
-#: 1.35 vs 0.91 at k=16 of 256.
-SPARSE_DECODE_MAX_DENSITY = 1 / 32
+#: Codes with at most this fraction of latents active are decoded, and trained, through
+#: the chosen rows alone; denser ones as dense matmuls, which are then faster. Measured on
+#: the CPU (decode forward and backward): embedding_bag 0.74 ms vs dense 0.93 at k=5 of 512
+#: latents, 1.35 vs 0.91 at k=16 of 256.
+SPARSE_CODE_MAX_DENSITY = 1 / 32
 
 
 def _compact(code, n_latents):
     """``code`` as indices and values if that is the faster form to decode, else dense."""
-    if code.values.shape[1] <= SPARSE_DECODE_MAX_DENSITY * n_latents:
+    if code.values.shape[1] <= SPARSE_CODE_MAX_DENSITY * n_latents:
         return code
     return Code(code.to_dense(n_latents))
 

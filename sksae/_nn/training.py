@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from .batches import rows_per_chunk
+from .sparsifiers import Code
 
 #: An epoch's mean loss above this multiple of the reference loss (the loss of the
 #: all-zero code plus the mean squared norm of the data) means the fit is running away: a
@@ -156,8 +158,10 @@ class Trainer:
         ``dead_steps`` steps finds each dead latent at most that late, and a fit without
         dead latents skips AuxK's cost entirely.
         """
-        self._auxk_on = self.auxk is not None and bool(
-            (self.steps_since_fired >= self.auxk.dead_steps).any()
+        self._auxk_on = (
+            self.auxk is not None
+            and self.model.sparsifier.needs_auxk
+            and bool((self.steps_since_fired >= self.auxk.dead_steps).any())
         )
 
     def loss(self, x):
@@ -165,7 +169,7 @@ class Trainer:
         rows) alone, and the code."""
         model = self.model
         pre = model.pre_activation(x)
-        code = model.sparsifier(pre)
+        code = model.training_code(x, pre)
         residual = x - model.decode(code)
         squared_error = residual.square().sum(dim=1).mean()
         loss = squared_error
@@ -173,18 +177,22 @@ class Trainer:
             penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
         if self._auxk_on:
-            aux = self.aux_loss(pre, residual.detach())
-            if aux is not None:
-                loss = loss + self.auxk.coef * aux
+            loss = loss + self.auxk.coef * self.aux_loss(x, pre, residual.detach())
         return loss, squared_error, code
 
-    def aux_loss(self, pre, residual):
-        """AuxK's normalised reconstruction of ``residual`` by the dead latents, or None."""
+    def aux_loss(self, x, pre, residual):
+        """AuxK's normalised reconstruction of ``residual`` by the dead latents.
+
+        Each row uses the ``AuxK.k`` largest pre-activations of dead latents (ReLU'd).
+        Live latents are masked to ``-inf`` for the selection and zeroed after it: when
+        fewer than ``k`` latents are dead the extra picks contribute nothing, and the host
+        never has to count the dead latents.
+        """
         dead = self.steps_since_fired >= self.auxk.dead_steps
-        aux_code = self.model.sparsifier.aux_code(pre, dead, self.auxk.k)
-        if aux_code is None:
-            return None
-        residual_hat = self.model.decode_directions(aux_code)
+        masked = pre.detach().masked_fill(~dead, -math.inf)
+        indices = masked.topk(min(self.auxk.k, pre.shape[1]), dim=1, sorted=False).indices
+        values = F.relu(self.model.selected_pre_activation(x, pre, indices)) * dead[indices]
+        residual_hat = self.model.decode_directions(Code(values, indices))
         error = (residual - residual_hat).square().sum()
         scale = (residual - residual.mean(dim=0)).square().sum()
         return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
