@@ -189,6 +189,32 @@ def test_no_plateau_is_judged_while_alpha_warms_up(superposition_small, activati
     assert sae.fit(X).n_iter_ > 5
 
 
+@pytest.mark.parametrize(
+    "activation, n_components",
+    [("topk", 128), ("topk", 64), ("relu", 64)],  # sparse TopK path, dense paths
+)
+def test_bfloat16_autocast_trains_as_well_as_float32(superposition_small, activation, n_components):
+    X, _ = superposition_small
+    params = dict(activation=activation, n_components=n_components, max_iter=10, alpha=0.01)
+    exact = _sae(**params).fit(X)
+    mixed = _sae(**params, autocast_dtype="bfloat16").fit(X)
+    assert not np.array_equal(exact.components_, mixed.components_)  # bfloat16 was used
+    for name in FITTED_ARRAYS:
+        assert getattr(mixed, name).dtype == np.float32
+    assert mixed.transform(X).dtype == np.float32
+    assert fvu(X, mixed.inverse_transform(mixed.transform(X))) == pytest.approx(
+        fvu(X, exact.inverse_transform(exact.transform(X))), rel=0.05
+    )
+
+
+def test_bfloat16_autocast_leaves_float64_alone(superposition_small):
+    X = superposition_small[0].astype(np.float64)
+    exact = _sae().fit(X)
+    mixed = _sae(autocast_dtype="bfloat16").fit(X)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(mixed, name), getattr(exact, name))
+
+
 def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
     X, _ = superposition_small
     sae = _sae(k=3, n_components=512).fit(X)

@@ -88,14 +88,16 @@ class SparseAutoencoder(torch.nn.Module):
     def training_code(self, x, pre):
         """The training code of ``x``, whose pre-activations are ``pre``.
 
-        When the sparsifier keeps a few latents per row (:meth:`Sparsifier.select`), the
-        gradient reaches the encoder through the chosen entries alone, and the dense
-        ``pre`` is never differentiated: the backward pass costs ``O(batch * k *
-        n_features)`` instead of a second dense matmul.
+        ``pre`` may be in a lower precision than the model (autocast); the code is in the
+        model's. When the sparsifier keeps a few latents per row
+        (:meth:`Sparsifier.select`), the gradient reaches the encoder through the chosen
+        entries alone, and the dense ``pre`` is never differentiated: the backward pass
+        costs ``O(batch * k * n_features)`` instead of a second dense matmul.
         """
         indices = self.sparsifier.select(pre.detach())
         if indices is None:
-            return self.sparsifier(pre)
+            # Low-precision (autocast) pre-activations are cast up: codes stay exact.
+            return self.sparsifier(pre.to(self.W_dec.dtype))
         return Code(
             self.sparsifier.activate(self.selected_pre_activation(x, pre, indices)), indices
         )
@@ -159,7 +161,8 @@ class _SelectedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, pre, indices):
         ctx.save_for_backward(x, weight, indices)
-        return pre.gather(1, indices)
+        # In the weights' dtype even when ``pre`` is low precision (autocast).
+        return pre.gather(1, indices).to(weight.dtype)
 
     @staticmethod
     def backward(ctx, grad):

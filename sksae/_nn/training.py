@@ -116,6 +116,12 @@ class Trainer:
         Auxiliary loss for dead latents, used with sparsifiers that support it.
     state : dict or None
         :meth:`state_dict` of an earlier trainer of the same model, to continue it.
+    autocast_dtype : torch dtype or None
+        Low-precision dtype (``torch.bfloat16``) of the encoder matmul, forward and
+        backward, under :func:`torch.autocast`. A TopK selection reads the low-precision
+        pre-activations; the chosen values, the codes, the decoder, the loss, the
+        weights, the optimiser and the statistics stay in the model's dtype. float64
+        models are not cast.
 
     Examples
     --------
@@ -135,8 +141,19 @@ class Trainer:
     True
     """
 
-    def __init__(self, model, *, learning_rate, alpha=0.0, schedule=None, auxk=None, state=None):
+    def __init__(
+        self,
+        model,
+        *,
+        learning_rate,
+        alpha=0.0,
+        schedule=None,
+        auxk=None,
+        state=None,
+        autocast_dtype=None,
+    ):
         self.model = model
+        self.autocast_dtype = autocast_dtype
         self.learning_rate = learning_rate
         self.alpha = alpha
         self.schedule = schedule or Schedule()
@@ -168,13 +185,16 @@ class Trainer:
         """Training loss of a batch, its squared error (summed over features, mean over
         rows) alone, and the code."""
         model = self.model
-        pre = model.pre_activation(x)
+        with torch.autocast(
+            x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
+        ):
+            pre = model.pre_activation(x)
         code = model.training_code(x, pre)
         residual = x - model.decode(code)
         squared_error = residual.square().sum(dim=1).mean()
         loss = squared_error
         if model.sparsifier.penalised and self.alpha:
-            penalty = model.sparsifier.penalty(pre, code, model.decoder_norms())
+            penalty = model.sparsifier.penalty(pre.to(x.dtype), code, model.decoder_norms())
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
         if self._auxk_on:
             loss = loss + self.auxk.coef * self.aux_loss(x, pre, residual.detach())
@@ -281,9 +301,11 @@ class Trainer:
 
 def _firings(code, n_latents, dtype):
     """How many rows of the batch each latent fired on (no host sync)."""
-    active = (code.values != 0).to(dtype)
+    active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
-        return active.sum(dim=0)
+        # A byte view sums without the int64 copy that count_nonzero makes.
+        return active.view(torch.uint8).sum(dim=0, dtype=torch.int32).to(dtype)
+    active = active.to(dtype)
     return torch.zeros(n_latents, dtype=dtype, device=active.device).index_add_(
         0, code.indices.flatten(), active.flatten()
     )
