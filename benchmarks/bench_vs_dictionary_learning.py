@@ -24,8 +24,8 @@ Run from the repository root (see ``benchmarks/README.rst``)::
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_vs_dictionary_learning.py
 
 ``--quick`` uses 10,000 samples (a smoke run); ``--seed`` seeds the data and every model;
-``--variants`` adds the other SAE variants (BatchTopK, and JumpReLU and ReLU over a grid of
-``alpha`` on normalised input);
+``--variants`` adds TopK with ``autocast_dtype="bfloat16"`` and the other SAE variants
+(BatchTopK, and JumpReLU and ReLU over a grid of ``alpha`` on normalised input);
 ``--mbdl-no-early-stop`` makes MBDL run its 3 epochs in full (by default its early stopping
 ends the fit within the first epoch).
 """
@@ -88,6 +88,7 @@ def timed_once(fn):
 #: The other SAE variants of ``--variants``: (label, parameters). The penalised ones train
 #: on normalised input, which their alpha grids (four decades) assume.
 VARIANTS = [
+    (f"TopK k={N_ACTIVE} bf16 autocast", {"k": N_ACTIVE, "autocast_dtype": "bfloat16"}),
     (f"BatchTopK k={N_ACTIVE}", {"activation": "batchtopk", "k": N_ACTIVE}),
     *(
         (
