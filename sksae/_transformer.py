@@ -165,6 +165,23 @@ class SparseAutoencoderTransformer(
         Reshuffle the samples before each epoch of ``fit``. ``partial_fit`` never
         shuffles.
 
+    transform_algorithm : {"encoder", "pursuit"}, default="encoder"
+        How ``transform`` (and ``score``, ``score_samples``) code a sample.
+        ``"encoder"``: the SAE's own code, one matrix product and the sparsifier, the
+        code training optimised. ``"pursuit"`` (``activation="topk"`` only):
+        encoder-guided pursuit, which closes much of the amortisation gap, the
+        reconstruction error an encoder leaves that the best code of the same sparsity
+        over the same dictionary would not. The encoder's ``transform_n_candidates``
+        largest pre-activations name each sample's candidate atoms, and a greedy
+        non-negative orthogonal matching pursuit picks ``k`` of them, refitting their
+        values to the sample by non-negative least squares after each pick. Codes stay
+        non-negative with at most ``k`` nonzeros. Training is the same either way; the
+        parameter can be changed after ``fit``.
+
+    transform_n_candidates : int or None, default=None
+        Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
+        better codes at a cost that grows with its square. ``None`` means ``2 * k``.
+
     device : str, default="cpu"
         Torch device to train and encode on: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or
         ``"auto"`` (CUDA when available). The fitted attributes are numpy arrays
@@ -294,6 +311,8 @@ class SparseAutoencoderTransformer(
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
+        "transform_algorithm": [StrOptions({"encoder", "pursuit"})],
+        "transform_n_candidates": [Interval(Integral, 1, None, closed="left"), None],
         "device": [str],
         "autocast_dtype": [StrOptions({"bfloat16"}), None],
         "random_state": ["random_state"],
@@ -320,6 +339,8 @@ class SparseAutoencoderTransformer(
         validation_fraction=0.1,
         normalize_input="none",
         shuffle=True,
+        transform_algorithm="encoder",
+        transform_n_candidates=None,
         device="cpu",
         autocast_dtype=None,
         random_state=None,
@@ -342,6 +363,8 @@ class SparseAutoencoderTransformer(
         self.validation_fraction = validation_fraction
         self.normalize_input = normalize_input
         self.shuffle = shuffle
+        self.transform_algorithm = transform_algorithm
+        self.transform_n_candidates = transform_n_candidates
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.random_state = random_state
@@ -597,6 +620,21 @@ class SparseAutoencoderTransformer(
                 f"k={self.k} must be at most n_components={self.n_components}: a TopK "
                 "code cannot keep more latents than the dictionary has."
             )
+        self._check_transform_params(self.activation, self.k)
+
+    def _check_transform_params(self, activation, k):
+        if self.transform_algorithm != "pursuit":
+            return
+        if activation != "topk":
+            raise ValueError(
+                "transform_algorithm='pursuit' needs activation='topk', whose codes have "
+                f"a fixed number of nonzeros; got activation={activation!r}."
+            )
+        if self.transform_n_candidates is not None and self.transform_n_candidates < k:
+            raise ValueError(
+                f"transform_n_candidates={self.transform_n_candidates} must be at least "
+                f"k={k}: pursuit picks k atoms among the candidates."
+            )
 
     def _check_same_model_shape(self):
         fitted = self._fitted_sparsifier_params
@@ -718,7 +756,8 @@ class SparseAutoencoderTransformer(
             Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64).
         """
         X = self._validate_input(X)
-        return self._map_rows(lambda model, x: model.encode(x).to_dense(model.n_latents), X)
+        encode = self._encoder()
+        return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
 
     def inverse_transform(self, X):
         """Reconstruct data from codes: ``X @ components_ + decoder_bias_``.
@@ -786,10 +825,22 @@ class SparseAutoencoderTransformer(
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
 
     def _squared_errors(self, X):
+        encode = self._encoder()
+
         def squared_error(model, x):
-            return (x - model.decode(model.encode(x))).square().sum(dim=1)
+            return (x - model.decode(encode(model, x))).square().sum(dim=1)
 
         return self._map_rows(squared_error, X)
+
+    def _encoder(self):
+        """``encode(model, x)``: the code of a chunk of rows by ``transform_algorithm``."""
+        if self.transform_algorithm == "encoder":
+            return lambda model, x: model.encode(x)
+        fitted = self._fitted_sparsifier_params
+        k = fitted.get("k", 0)
+        self._check_transform_params(fitted["activation"], k)
+        n_candidates = min(self.transform_n_candidates or 2 * k, self.components_.shape[0])
+        return lambda model, x: model.pursue(x, n_candidates)
 
     @property
     def _n_features_out(self):

@@ -24,7 +24,15 @@ def _instances():
             n_components=8, activation=activation, k=1, max_iter=5, random_state=0
         )
         for activation in ["topk", "batchtopk", "jumprelu", "relu"]
+    ] + [
+        SparseAutoencoderTransformer(
+            n_components=8, k=1, max_iter=5, transform_algorithm="pursuit", random_state=0
+        )
     ]
+
+
+def _name(estimator):
+    return f"{estimator.activation}-{estimator.transform_algorithm}"
 
 
 @parametrize_with_checks(_instances(), expected_failed_checks=lambda est: {}, xfail_strict=True)
@@ -47,6 +55,6 @@ def test_sklearn_compatible_estimator(estimator, check):
     ],
     ids=lambda check: check.__name__,
 )
-@pytest.mark.parametrize("estimator", _instances(), ids=lambda est: est.activation)
+@pytest.mark.parametrize("estimator", _instances(), ids=_name)
 def test_checks_sklearn_runs_only_on_itself(estimator, check):
     check(type(estimator).__name__, estimator)

@@ -11,6 +11,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .pursuit import pursue
 from .sparsifiers import Code
 
 
@@ -109,6 +110,15 @@ class SparseAutoencoder(torch.nn.Module):
     def encode(self, x):
         """Inference code of each row of ``x`` (row-independent)."""
         return self.sparsifier.encode(self.pre_activation(x))
+
+    def pursue(self, x, n_candidates):
+        """Encoder-guided pursuit code of ``x`` (:func:`~sksae._nn.pursuit.pursue`).
+
+        The ``n_candidates`` largest pre-activations of each row are its candidate
+        atoms, of which the pursuit picks as many as the (TopK) sparsifier keeps.
+        """
+        candidates = self.pre_activation(x).topk(n_candidates, dim=1, sorted=False).indices
+        return pursue(x - self.b_dec, self.W_dec, candidates, self.sparsifier.k)
 
     def decode(self, code):
         """Reconstruction ``W_dec^T h + b_dec`` of a :class:`Code`."""
