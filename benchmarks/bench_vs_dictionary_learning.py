@@ -11,7 +11,7 @@ Rows:
 3. The dictionary of row 2, coded by OMP with 5 nonzeros (``SparseCoder``).
 4. The dictionary of row 1 (``components_``), coded by scikit-learn's OMP with 5 nonzeros:
    is the SAE's dictionary a good dictionary for scikit-learn's own coder?
-5. The model of row 1 with ``transform_algorithm="pursuit"``: its encoder's 10 largest
+5. The model of row 1 with ``transform_algorithm="pursuit"``: its encoder's 20 largest
    pre-activations as candidates for a non-negative OMP of 5 atoms.
 
 For each row: fit and transform seconds (transform of all the samples), FVU of the
@@ -182,7 +182,7 @@ def bench_pursuit(X, directions, sae):
     codes, transform_s = best_time(lambda: sae.transform(X))
     sae.set_params(transform_algorithm="encoder")
     return Row(
-        f"  SAE transform_algorithm='pursuit' ({2 * N_ACTIVE} candidates)",
+        f"  SAE transform_algorithm='pursuit' ({4 * N_ACTIVE} candidates)",
         None,
         transform_s,
         fvu(X, sae.inverse_transform(codes)),

@@ -180,7 +180,7 @@ class SparseAutoencoderTransformer(
 
     transform_n_candidates : int or None, default=None
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
-        better codes at a cost that grows with its square. ``None`` means ``2 * k``.
+        better codes at a cost that grows with its square. ``None`` means ``4 * k``.
 
     device : str, default="cpu"
         Torch device to train and encode on: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or
@@ -839,7 +839,7 @@ class SparseAutoencoderTransformer(
         fitted = self._fitted_sparsifier_params
         k = fitted.get("k", 0)
         self._check_transform_params(fitted["activation"], k)
-        n_candidates = min(self.transform_n_candidates or 2 * k, self.components_.shape[0])
+        n_candidates = min(self.transform_n_candidates or 4 * k, self.components_.shape[0])
         return lambda model, x: model.pursue(x, n_candidates)
 
     @property

@@ -225,7 +225,7 @@ def test_pursuit_reconstructs_better_at_the_same_sparsity(superposition_small):
     assert fvu(X, sae.inverse_transform(pursued)) < 0.8 * fvu(X, sae.inverse_transform(encoded))
     assert sae.score(X) == pytest.approx(1 - fvu(X, sae.inverse_transform(pursued)), rel=1e-5)
     np.testing.assert_array_equal(pursued[5], sae.transform(X[5:6])[0])
-    more = sae.set_params(transform_n_candidates=12).transform(X)
+    more = sae.set_params(transform_n_candidates=24).transform(X)
     assert fvu(X, sae.inverse_transform(more)) < fvu(X, sae.inverse_transform(pursued))
 
 
@@ -644,10 +644,10 @@ def test_recovers_the_directions_of_a_superposition():
     assert fvu(X, sae.inverse_transform(codes)) <= 0.10
     assert l0(codes) <= 5
     assert dead_fraction(codes) < 0.5
-    # Pursuit over the same dictionary closes most of the amortisation gap: below
-    # MiniBatchDictionaryLearning + OMP's 0.044 at the same L0 (REFERENCE.md).
+    # Pursuit over the same dictionary closes most of the amortisation gap: 0.036, below
+    # MiniBatchDictionaryLearning + OMP's 0.037 to 0.044 at the same L0 (benchmarks).
     pursued = sae.set_params(transform_algorithm="pursuit").transform(X)
-    assert fvu(X, sae.inverse_transform(pursued)) <= 0.044
+    assert fvu(X, sae.inverse_transform(pursued)) <= 0.04
     assert l0(pursued) <= 5
 
 

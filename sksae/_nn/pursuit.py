@@ -17,6 +17,10 @@ import torch
 
 from .sparsifiers import Code
 
+#: Candidate atoms (rows x candidates x features) gathered at a time: rows are pursued in
+#: blocks of at most this many values, about 64 MB in float32, whatever the shape.
+BLOCK_VALUES = 2**24
+
 #: Projected-gradient steps of each non-negative least-squares refit. Each refit starts
 #: from the previous one, which is already close: a few steps suffice.
 NNLS_STEPS = 10
@@ -52,6 +56,18 @@ def pursue(residual, decoder, candidates, n_nonzero):
     >>> code.to_dense(4)
     tensor([[3., 0., 2., 0.]])
     """
+    n_candidates, n_features = candidates.shape[1], decoder.shape[1]
+    block = max(1, BLOCK_VALUES // (n_candidates * n_features))
+    values = [
+        _pursue_block(
+            residual[start : start + block], decoder, candidates[start : start + block], n_nonzero
+        )
+        for start in range(0, residual.shape[0], block)
+    ]
+    return Code(torch.cat(values), candidates)
+
+
+def _pursue_block(residual, decoder, candidates, n_nonzero):
     atoms = decoder[candidates]  # [rows, c, n_features]
     gram = atoms @ atoms.transpose(1, 2)
     target = (atoms @ residual.unsqueeze(2)).squeeze(2)  # <atom, residual>
@@ -62,7 +78,7 @@ def pursue(residual, decoder, candidates, n_nonzero):
         correlation = target - (gram @ values.unsqueeze(2)).squeeze(2)
         picked[rows, correlation.masked_fill(picked, -torch.inf).argmax(dim=1)] = True
         values = _nonnegative_least_squares(gram, target, picked, values)
-    return Code(values, candidates)
+    return values
 
 
 def _nonnegative_least_squares(gram, target, picked, start):
