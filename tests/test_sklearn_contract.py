@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import (
     parametrize_with_checks,
 )
 
-from sksae import SparseAutoencoderTransformer
+from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
 
 
 def _instances():
@@ -27,12 +27,17 @@ def _instances():
     ] + [
         SparseAutoencoderTransformer(
             n_components=8, k=1, max_iter=5, transform_algorithm="pursuit", random_state=0
-        )
+        ),
+        SparseAutoencoderOutlierDetector(n_components=8, k=1, max_iter=5, random_state=0),
+        SparseAutoencoderOutlierDetector(
+            n_components=8, k=1, max_iter=5, contamination=0.1, random_state=0
+        ),
     ]
 
 
 def _name(estimator):
-    return f"{estimator.activation}-{estimator.transform_algorithm}"
+    name = f"{type(estimator).__name__}-{estimator.activation}-{estimator.transform_algorithm}"
+    return name + f"-{estimator.contamination}" if hasattr(estimator, "contamination") else name
 
 
 @parametrize_with_checks(_instances(), expected_failed_checks=lambda est: {}, xfail_strict=True)
