@@ -6,6 +6,7 @@ from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import (
     BaseEstimator,
@@ -21,6 +22,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._nn.batches import (
     as_dense,
+    map_chunks,
     map_rows,
     rows_per_chunk,
     squared_deviation_sum,
@@ -182,6 +184,13 @@ class SparseAutoencoderTransformer(
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
         better codes at a cost that grows with its square. ``None`` means ``4 * k``.
 
+    sparse_output : bool, default=False
+        Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
+        :class:`~sklearn.preprocessing.OneHotEncoder` does), built chunk by chunk from the
+        active latents: no dense ``(n_samples, n_components)`` array is ever made, and
+        the codes take ``nnz * (value + index bytes)`` of memory (see
+        :func:`sksae.metrics.compression_ratio`). ``inverse_transform`` takes them back.
+
     device : str, default="cpu"
         Torch device to train and encode on: ``"cpu"``, ``"cuda"``, ``"cuda:1"``… or
         ``"auto"`` (CUDA when available). The fitted attributes are numpy arrays
@@ -313,6 +322,7 @@ class SparseAutoencoderTransformer(
         "shuffle": ["boolean"],
         "transform_algorithm": [StrOptions({"encoder", "pursuit"})],
         "transform_n_candidates": [Interval(Integral, 1, None, closed="left"), None],
+        "sparse_output": ["boolean"],
         "device": [str],
         "autocast_dtype": [StrOptions({"bfloat16"}), None],
         "random_state": ["random_state"],
@@ -341,6 +351,7 @@ class SparseAutoencoderTransformer(
         shuffle=True,
         transform_algorithm="encoder",
         transform_n_candidates=None,
+        sparse_output=False,
         device="cpu",
         autocast_dtype=None,
         random_state=None,
@@ -365,6 +376,7 @@ class SparseAutoencoderTransformer(
         self.shuffle = shuffle
         self.transform_algorithm = transform_algorithm
         self.transform_n_candidates = transform_n_candidates
+        self.sparse_output = sparse_output
         self.device = device
         self.autocast_dtype = autocast_dtype
         self.random_state = random_state
@@ -752,19 +764,31 @@ class SparseAutoencoderTransformer(
 
         Returns
         -------
-        codes : ndarray of shape (n_samples, n_components)
-            Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64).
+        codes : ndarray or scipy.sparse.csr_array of shape (n_samples, n_components)
+            Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64); a
+            CSR array when ``sparse_output`` is True.
         """
         X = self._validate_input(X)
         encode = self._encoder()
-        return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
+        if not self.sparse_output:
+            return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
+        device = self._inference_device()
+        model = self._module(device, dtype=X.dtype)
+        with torch.inference_mode():
+            chunks = [
+                _code_to_csr(code, stop - start, model.n_latents)
+                for start, stop, code in map_chunks(partial(encode, model), X, device=device)
+            ]
+        codes = sp.vstack(chunks, format="csr")
+        codes.sort_indices()
+        return codes
 
     def inverse_transform(self, X):
         """Reconstruct data from codes: ``X @ components_ + decoder_bias_``.
 
         Parameters
         ----------
-        X : array-like of shape (n_samples, n_components)
+        X : {array-like, sparse matrix} of shape (n_samples, n_components)
             Codes, for example from :meth:`transform`.
 
         Returns
@@ -773,7 +797,7 @@ class SparseAutoencoderTransformer(
             Reconstructed data, in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        codes = check_array(X, dtype=_FLOAT_DTYPES)
+        codes = check_array(X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES)
         if codes.shape[1] != self.components_.shape[0]:
             raise ValueError(
                 f"X has {codes.shape[1]} features, but inverse_transform expects codes "
@@ -906,6 +930,17 @@ class _Plateau:
         else:
             self.epochs_without_improvement += 1
         return self.epochs_without_improvement == self.patience
+
+
+def _code_to_csr(code, n_rows, n_latents):
+    """The first ``n_rows`` rows of a :class:`Code` as a CSR array, zeros dropped."""
+    values = code.values[:n_rows].cpu().numpy()
+    if code.indices is None:
+        return sp.csr_array(values)
+    indices = code.indices[:n_rows].cpu().numpy()
+    active = values != 0
+    indptr = np.concatenate([[0], np.cumsum(active.sum(axis=1))])
+    return sp.csr_array((values[active], indices[active], indptr), shape=(n_rows, n_latents))
 
 
 @contextmanager

@@ -14,7 +14,7 @@ Examples
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["dead_fraction", "fvu", "l0", "mmcs"]
+__all__ = ["code_bytes", "compression_ratio", "dead_fraction", "fvu", "l0", "mmcs"]
 
 
 def fvu(X, X_hat):
@@ -70,6 +70,85 @@ def l0(codes):
         return float(codes.count_nonzero() / codes.shape[0])
     codes = np.asarray(codes)
     return float(np.count_nonzero(codes) / codes.shape[0])
+
+
+def code_bytes(codes, *, value_dtype=None):
+    """Bytes to store ``codes`` in CSR form with the smallest index types that fit.
+
+    The count is ``nnz * (value + index bytes) + (n_samples + 1) * pointer bytes``:
+    each nonzero stores its value (in ``value_dtype``, by default the codes' dtype) and
+    its column (the smallest unsigned integer type that holds ``n_components - 1``), and
+    each row its offset into them (the smallest unsigned type that holds ``nnz``). This is
+    what a CSR array with those dtypes occupies, and about what ``numpy.savez`` of its
+    three arrays writes.
+
+    Parameters
+    ----------
+    codes : {ndarray, sparse matrix} of shape (n_samples, n_components)
+        Codes, for example from ``transform``.
+    value_dtype : dtype or None, default=None
+        Type of the stored values (``np.float16`` halves them); ``None`` keeps the
+        codes' own.
+
+    Returns
+    -------
+    n_bytes : int
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae.metrics import code_bytes
+    >>> codes = np.zeros((10, 300), dtype=np.float32)
+    >>> codes[:, :4] = 1.0  # 4 nonzeros per row: float32 values, uint16 columns
+    >>> code_bytes(codes)  # 40 * (4 + 2) + 11 * 1
+    251
+    >>> code_bytes(codes, value_dtype=np.float16)
+    171
+    """
+    n_samples, n_components = codes.shape
+    nnz = codes.count_nonzero() if sp.issparse(codes) else np.count_nonzero(codes)
+    value_dtype = np.dtype(codes.dtype if value_dtype is None else value_dtype)
+    index_bytes = np.min_scalar_type(max(n_components - 1, 0)).itemsize
+    pointer_bytes = np.min_scalar_type(nnz).itemsize
+    return int(nnz * (value_dtype.itemsize + index_bytes) + (n_samples + 1) * pointer_bytes)
+
+
+def compression_ratio(X, codes, *, value_dtype=None):
+    """Bytes of ``X`` as a dense array over the bytes of its sparse ``codes``.
+
+    The numerator is ``X.size * X.dtype.itemsize`` (a dense float array); the
+    denominator is :func:`code_bytes`, whose docstring states the index and value types.
+    The dictionary itself, stored once, is not counted.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+        The data the codes encode.
+    codes : {ndarray, sparse matrix} of shape (n_samples, n_components)
+    value_dtype : dtype or None, default=None
+        Type of the stored code values (see :func:`code_bytes`).
+
+    Returns
+    -------
+    ratio : float
+        Above 1: the codes are smaller than the data.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae.metrics import compression_ratio
+    >>> X = np.ones((10, 64), dtype=np.float32)
+    >>> codes = np.zeros((10, 300), dtype=np.float32)
+    >>> codes[:, :4] = 1.0
+    >>> round(compression_ratio(X, codes), 2)  # 2560 bytes over 251
+    10.2
+    """
+    X = np.asarray(X)
+    if X.shape[0] != codes.shape[0]:
+        raise ValueError(
+            f"X and codes must have the same number of rows, got {X.shape[0]} and {codes.shape[0]}."
+        )
+    return float(X.size * X.dtype.itemsize / code_bytes(codes, value_dtype=value_dtype))
 
 
 def dead_fraction(codes):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from sksae.metrics import dead_fraction, fvu, l0, mmcs
+from sksae.metrics import code_bytes, compression_ratio, dead_fraction, fvu, l0, mmcs
 
 
 def test_fvu_hand_computed():
@@ -41,3 +41,24 @@ def test_mmcs_hand_computed():
     assert mmcs(true, true) == 1.0
     with pytest.raises(ValueError, match="features"):
         mmcs(true, np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("n_components", [200, 300, 70_000])
+def test_code_bytes_is_what_the_csr_arrays_take(n_components):
+    rng = np.random.default_rng(0)
+    codes = sp.random_array((50, n_components), density=0.05, rng=rng, format="csr")
+    codes = codes.astype(np.float32)
+    stored = (
+        codes.data.astype(np.float16).nbytes
+        + codes.indices.astype(np.min_scalar_type(n_components - 1)).nbytes
+        + codes.indptr.astype(np.min_scalar_type(codes.nnz)).nbytes
+    )
+    assert code_bytes(codes, value_dtype=np.float16) == stored
+    assert code_bytes(codes.toarray(), value_dtype=np.float16) == stored
+    X = np.zeros((50, 64))
+    assert compression_ratio(X, codes, value_dtype=np.float16) == pytest.approx(X.nbytes / stored)
+
+
+def test_compression_ratio_needs_one_code_per_row():
+    with pytest.raises(ValueError, match="same number of rows"):
+        compression_ratio(np.zeros((3, 2)), np.zeros((4, 8)))

@@ -457,6 +457,35 @@ def _traced_peak(fn):
         tracemalloc.stop()
 
 
+@pytest.mark.parametrize("activation", [*ACTIVATIONS, "pursuit"])
+def test_sparse_output_holds_the_dense_codes(superposition_small, activation):
+    X, _ = superposition_small
+    params = dict(n_components=128, k=3)  # k <= n/32: TopK codes come as indices
+    if activation == "pursuit":
+        params["transform_algorithm"] = "pursuit"
+    else:
+        params["activation"] = activation
+    sae = _sae(**params).fit(X)
+    dense = sae.transform(X)
+    codes = sae.set_params(sparse_output=True).transform(X)
+    assert isinstance(codes, sp.csr_array) and codes.has_sorted_indices
+    assert codes.dtype == np.float32 and codes.nnz == np.count_nonzero(dense)
+    np.testing.assert_array_equal(codes.toarray(), dense)
+    np.testing.assert_array_equal(sae.inverse_transform(codes), sae.inverse_transform(dense))
+    assert sp.issparse(sae.fit_transform(X))
+
+
+def test_sparse_output_never_makes_the_dense_codes():
+    X = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
+    sae = _sae(n_components=4096, k=2, max_iter=1, sparse_output=True).fit(X[:2000])
+    sae.transform(X[:10])
+    codes, peak = _traced_peak(lambda: sae.transform(X))
+    assert codes.nnz <= 2 * len(X)
+    # Dense codes would be 328 MB; the CSR array is 0.4 MB, and one chunk's dense
+    # pre-activations (256 x 4096 floats) 4 MB.
+    assert peak < 20e6
+
+
 def test_sparse_input_is_never_densified_whole():
     rng = np.random.default_rng(0)
     # 1.6 GB as a dense float32 array; 5 MB as CSR.

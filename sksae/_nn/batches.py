@@ -164,18 +164,36 @@ def map_rows(fn, X, *, device, chunk_rows=INFERENCE_CHUNK_ROWS):
     >>> map_rows(lambda x: x.sum(dim=1), np.ones((3, 2)), device="cpu")
     array([2., 2., 2.])
     """
-    n_samples = X.shape[0]
     out = None
-    staging = np.zeros((chunk_rows, X.shape[1]), dtype=X.dtype)
-    for start in range(0, n_samples, chunk_rows):
-        stop = min(start + chunk_rows, n_samples)
-        staging[: stop - start] = as_dense(X[start:stop])
-        staging[stop - start :] = 0
-        result = fn(to_tensor(staging, device))[: stop - start].cpu().numpy()
+    for start, stop, result in map_chunks(fn, X, device=device, chunk_rows=chunk_rows):
+        result = result[: stop - start].cpu().numpy()
         if out is None:
-            out = np.empty((n_samples, *result.shape[1:]), dtype=result.dtype)
+            out = np.empty((X.shape[0], *result.shape[1:]), dtype=result.dtype)
         out[start:stop] = result
     return out
+
+
+def map_chunks(fn, X, *, device, chunk_rows=INFERENCE_CHUNK_ROWS):
+    """Yield ``(start, stop, fn(chunk))`` for the chunks of rows ``start:stop`` of ``X``.
+
+    Every chunk is zero-padded to ``chunk_rows`` rows before ``fn`` sees it (see
+    :data:`INFERENCE_CHUNK_ROWS`): the first ``stop - start`` rows of the result are
+    real, the others padding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae._nn.batches import map_chunks
+    >>> [(start, stop, y.shape) for start, stop, y in
+    ...  map_chunks(lambda x: 2 * x, np.ones((5, 2)), device="cpu", chunk_rows=4)]
+    [(0, 4, torch.Size([4, 2])), (4, 5, torch.Size([4, 2]))]
+    """
+    staging = np.zeros((chunk_rows, X.shape[1]), dtype=X.dtype)
+    for start in range(0, X.shape[0], chunk_rows):
+        stop = min(start + chunk_rows, X.shape[0])
+        staging[: stop - start] = as_dense(X[start:stop])
+        staging[stop - start :] = 0
+        yield start, stop, fn(to_tensor(staging, device))
 
 
 def _torch_dtype(numpy_dtype):
