@@ -37,7 +37,7 @@ class SparseAutoencoderOutlierDetector(OutlierMixin, SparseAutoencoderTransforme
     n_components, activation, alpha, bandwidth, aux_k, aux_coef, dead_steps, \
 batch_size, learning_rate, max_iter, tol, max_no_improvement, early_stopping, \
 validation_fraction, normalize_input, shuffle, transform_algorithm, \
-transform_n_candidates, device, autocast_dtype, random_state, verbose
+transform_n_candidates, sparse_output, device, autocast_dtype, random_state, verbose
         As in :class:`SparseAutoencoderTransformer`, with the same defaults.
 
     k : int, default=4
@@ -112,6 +112,7 @@ feature_names_in_
         shuffle=True,
         transform_algorithm="encoder",
         transform_n_candidates=None,
+        sparse_output=False,
         device="cpu",
         autocast_dtype=None,
         random_state=None,
@@ -138,6 +139,7 @@ feature_names_in_
             shuffle=shuffle,
             transform_algorithm=transform_algorithm,
             transform_n_candidates=transform_n_candidates,
+            sparse_output=sparse_output,
             device=device,
             autocast_dtype=autocast_dtype,
             random_state=random_state,

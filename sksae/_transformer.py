@@ -890,7 +890,8 @@ def _scaled(array, scale):
 def _threshold_attribute(sparsifier, scale):
     """``{"threshold_": ...}`` in the user's units for sparsifiers with one, else ``{}``."""
     threshold = getattr(sparsifier, "threshold", None)
-    return {} if threshold is None else {"threshold_": _to_numpy(threshold) / scale}
+    # np.asarray: a 0-d array divided by a float is a numpy scalar, not an array.
+    return {} if threshold is None else {"threshold_": np.asarray(_to_numpy(threshold) / scale)}
 
 
 def _torch_generator(random_state):

@@ -1,0 +1,347 @@
+"""Saving and loading fitted estimators without pickle.
+
+A saved model is a directory of two files: ``model.safetensors`` holds every array of the
+fitted state (weights, statistics, the optimiser's moments), ``config.json`` the class
+name, the parameters, the sksae version and the rest of the fitted state, with a typed
+reference to each array. Neither file can run code when read: the safetensors format is
+a JSON header followed by raw little-endian bytes, which this module reads and writes
+itself with numpy (the files open with the ``safetensors`` library too), and the JSON
+names the class among a fixed set.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._outlier import SparseAutoencoderOutlierDetector
+from ._transformer import _CALLBACK_ATTRIBUTES, SparseAutoencoderTransformer
+
+__all__ = ["load", "save"]
+
+#: Version of the layout of ``config.json``; bumped when it changes incompatibly.
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+#: The classes a file may name: loading never imports anything the file asks for.
+CLASSES = {
+    cls.__name__: cls for cls in [SparseAutoencoderTransformer, SparseAutoencoderOutlierDetector]
+}
+#: Attributes never saved: the callbacks set on the estimator and their fit contexts.
+_UNSAVED = frozenset({"_skl_callbacks", *_CALLBACK_ATTRIBUTES})
+#: safetensors dtype codes of the numpy dtypes a fitted state holds.
+DTYPE_CODES = {
+    np.dtype("float64"): "F64",
+    np.dtype("float32"): "F32",
+    np.dtype("float16"): "F16",
+    np.dtype("int64"): "I64",
+    np.dtype("int32"): "I32",
+    np.dtype("bool"): "BOOL",
+}
+DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+#: Upper bound of a safetensors header: a corrupted length must not allocate gigabytes.
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+def save(estimator, path):
+    """Save a fitted sksae estimator to the directory ``path``, without pickle.
+
+    The directory (created if needed) receives ``model.safetensors``, every array of the
+    fitted state, and ``config.json``, the class, its parameters, the sksae version and
+    the other fitted attributes. Each file is written under a temporary name and renamed,
+    so an interrupted save never leaves a half-written file under the final name.
+    :func:`load` reads it back bitwise. A ``random_state`` that is not an int or None
+    is saved as None: it only seeded the fit.
+
+    Parameters
+    ----------
+    estimator : SparseAutoencoderTransformer or SparseAutoencoderOutlierDetector
+        A fitted estimator.
+    path : str or os.PathLike
+        Directory to write.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import sksae
+    >>> from sksae.datasets import make_sparse_superposition
+    >>> X = make_sparse_superposition(n_samples=500, n_features=8, n_sources=16,
+    ...                               n_active=2, random_state=0)
+    >>> sae = sksae.SparseAutoencoderTransformer(n_components=32, k=2, max_iter=3,
+    ...                                          random_state=0).fit(X)
+    >>> with tempfile.TemporaryDirectory() as directory:
+    ...     sksae.save(sae, directory)
+    ...     loaded = sksae.load(directory)
+    >>> bool(np.array_equal(loaded.transform(X), sae.transform(X)))
+    True
+    """
+    if type(estimator).__name__ not in CLASSES or type(estimator) is not CLASSES.get(
+        type(estimator).__name__
+    ):
+        raise TypeError(
+            f"save takes a fitted {' or '.join(CLASSES)}, got {type(estimator).__name__}."
+        )
+    if not hasattr(estimator, "components_"):
+        raise ValueError(f"This {type(estimator).__name__} is not fitted yet: nothing to save.")
+    params = estimator.get_params()
+    if not (params["random_state"] is None or isinstance(params["random_state"], int)):
+        params["random_state"] = None
+    tensors = {}
+    state = {name: _encode(value, name, tensors) for name, value in _fitted_state(estimator)}
+    config = {
+        "format": "sksae",
+        "format_version": FORMAT_VERSION,
+        "sksae_version": _sksae_version(),
+        "class": type(estimator).__name__,
+        "params": params,
+        "state": state,
+    }
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / WEIGHTS_FILE, _safetensors_bytes(tensors))
+    _write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=1).encode())
+
+
+def load(path):
+    """Load an estimator written by :func:`save`.
+
+    Nothing in the files is executed: the class must be one of sksae's estimators, every
+    array must have the dtype and shape its JSON reference records, and the weights must
+    fit together (shapes, dtypes, finite values); anything else is a ``ValueError`` that
+    says what is wrong.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Directory written by :func:`save`.
+
+    Returns
+    -------
+    estimator : SparseAutoencoderTransformer or SparseAutoencoderOutlierDetector
+        The fitted estimator, identical to the one saved.
+
+    Examples
+    --------
+    See :func:`save`.
+    """
+    directory = Path(path)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"{directory} holds no {CONFIG_FILE}: not a saved sksae model.") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    cls = _check_config(config, directory)
+    tensors = _read_safetensors(directory / WEIGHTS_FILE)
+    try:
+        estimator = cls(**config["params"])
+    except TypeError as exc:
+        raise ValueError(f"{directory / CONFIG_FILE} has unknown parameters: {exc}") from exc
+    try:
+        estimator._validate_params()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{directory / CONFIG_FILE} has invalid parameters: {exc}") from exc
+    for name, value in config["state"].items():
+        setattr(estimator, name, _decode(value, tensors))
+    _check_fitted_state(estimator, directory)
+    return estimator
+
+
+def _fitted_state(estimator):
+    """``(name, value)`` of everything the estimator holds beyond its parameters, but its
+    callbacks: live objects that belong to a session, not to the model."""
+    params = estimator.get_params(deep=False)
+    for name, value in vars(estimator).items():
+        if name not in params and name not in _UNSAVED:
+            yield name, value
+
+
+def _encode(value, name, tensors):
+    """A JSON-ready image of ``value``; its arrays go to ``tensors`` under path names.
+
+    Dicts keep their key types and tuples stay tuples (JSON has neither), so that a
+    loaded state equals the saved one exactly.
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype not in DTYPE_CODES:
+            # Feature names are an object array of strings: JSON holds them.
+            if value.dtype == object and all(isinstance(item, str) for item in value.flat):
+                return {"__strings__": value.tolist()}
+            raise TypeError(f"cannot save {name}: arrays of {value.dtype} are not supported")
+        tensors[name] = value
+        return {"__tensor__": name, "dtype": str(value.dtype), "shape": list(value.shape)}
+    if isinstance(value, dict):
+        return {
+            "__dict__": [
+                [key, _encode(item, f"{name}.{key}", tensors)] for key, item in value.items()
+            ]
+        }
+    if isinstance(value, list | tuple):
+        items = [_encode(item, f"{name}.{i}", tensors) for i, item in enumerate(value)]
+        return {"__tuple__": items} if isinstance(value, tuple) else items
+    if isinstance(value, np.generic):
+        return {"__scalar__": _encode(np.asarray(value), name, tensors)}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot save {name}: values of type {type(value).__name__} are not supported")
+
+
+def _decode(value, tensors):
+    if isinstance(value, list):
+        return [_decode(item, tensors) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return _checked_tensor(value, tensors)
+    if "__scalar__" in value:
+        return _decode(value["__scalar__"], tensors)[()]
+    if "__strings__" in value:
+        return np.asarray(value["__strings__"], dtype=object)
+    if "__tuple__" in value:
+        return tuple(_decode(item, tensors) for item in value["__tuple__"])
+    if "__dict__" in value:
+        return {key: _decode(item, tensors) for key, item in value["__dict__"]}
+    raise ValueError(f"unexpected entry in the saved state: {sorted(value)}")
+
+
+def _checked_tensor(reference, tensors):
+    name = reference["__tensor__"]
+    if name not in tensors:
+        raise ValueError(f"the weights file has no array {name!r}, which config.json names")
+    array = tensors[name]
+    expected = (np.dtype(reference["dtype"]), tuple(reference["shape"]))
+    if (array.dtype, array.shape) != expected:
+        raise ValueError(
+            f"array {name!r} is {array.dtype} of shape {array.shape} in the weights file, "
+            f"but config.json records {expected[0]} of shape {expected[1]}"
+        )
+    return array
+
+
+def _check_config(config, directory):
+    if not isinstance(config, dict) or config.get("format") != "sksae":
+        raise ValueError(f"{directory / CONFIG_FILE} is not an sksae model configuration.")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{directory / CONFIG_FILE} has format version {config.get('format_version')!r}; "
+            f"this sksae ({_sksae_version()}) reads version {FORMAT_VERSION}."
+        )
+    if config.get("class") not in CLASSES:
+        raise ValueError(
+            f"{directory / CONFIG_FILE} names the class {config.get('class')!r}; only "
+            f"{', '.join(CLASSES)} can be loaded."
+        )
+    if not isinstance(config.get("params"), dict) or not isinstance(config.get("state"), dict):
+        raise ValueError(f"{directory / CONFIG_FILE} lacks the params or state of the model.")
+    return CLASSES[config["class"]]
+
+
+def _check_fitted_state(estimator, directory):
+    """The weights must make a model: consistent shapes and dtypes, finite values."""
+    try:
+        weights = [getattr(estimator, name) for name in _WEIGHTS]
+    except AttributeError as exc:
+        raise ValueError(f"{directory} lacks a fitted weight: {exc}") from exc
+    n_latents, n_features = estimator.components_.shape
+    expected_shapes = [
+        (n_latents, n_features),
+        (n_latents, n_features),
+        (n_latents,),
+        (n_features,),
+    ]
+    for name, array, shape in zip(_WEIGHTS, weights, expected_shapes, strict=True):
+        if not isinstance(array, np.ndarray) or array.shape != shape:
+            raise ValueError(f"{name} must be an array of shape {shape} in {directory}")
+        if array.dtype != estimator.components_.dtype or array.dtype.kind != "f":
+            raise ValueError(f"{name} must have the float dtype of components_ in {directory}")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name} holds NaN or infinite values in {directory}")
+    if estimator.n_features_in_ != n_features:
+        raise ValueError(
+            f"n_features_in_={estimator.n_features_in_} does not match the {n_features} "
+            f"columns of components_ in {directory}"
+        )
+
+
+_WEIGHTS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+
+
+def _sksae_version():
+    from . import __version__
+
+    return __version__
+
+
+def _write_atomically(path, data):
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _safetensors_bytes(tensors):
+    """The bytes of a safetensors file holding ``tensors`` (name -> numpy array)."""
+    header, offset, buffers = {}, 0, []
+    for name in sorted(tensors):
+        array = tensors[name]
+        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
+        header[name] = {
+            "dtype": DTYPE_CODES[array.dtype],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        buffers.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+    return len(encoded).to_bytes(8, "little") + encoded + b"".join(buffers)
+
+
+def _read_safetensors(path):
+    """The arrays of a safetensors file, after checking its header against its size."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ValueError(f"{path} is missing: not a saved sksae model.") from exc
+
+    def invalid(reason):
+        return ValueError(f"{path} is not a valid safetensors file: {reason}")
+
+    if len(data) < 8:
+        raise invalid("it is shorter than its 8-byte header length")
+    header_length = int.from_bytes(data[:8], "little")
+    if header_length > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise invalid(f"its header length ({header_length} bytes) exceeds the file")
+    try:
+        header = json.loads(data[8 : 8 + header_length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(f"its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise invalid("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    buffer = memoryview(data)[8 + header_length :]
+    tensors, covered = {}, []
+    for name, entry in header.items():
+        try:
+            dtype = DTYPES[entry["dtype"]]
+            shape = tuple(int(size) for size in entry["shape"])
+            start, stop = (int(offset) for offset in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise invalid(f"entry {name!r} is malformed ({exc!r})") from exc
+        if any(size < 0 for size in shape) or not 0 <= start <= stop <= len(buffer):
+            raise invalid(f"entry {name!r} has a negative size or lies outside the data")
+        if stop - start != math.prod(shape) * dtype.itemsize:
+            raise invalid(f"entry {name!r} has {stop - start} bytes for shape {shape}")
+        array = np.frombuffer(buffer[start:stop], dtype=dtype.newbyteorder("<"))
+        tensors[name] = array.astype(dtype).reshape(shape)  # native order, writeable copy
+        covered.append((start, stop))
+    position = 0
+    for start, stop in sorted(covered):
+        if start != position:
+            raise invalid("its entries overlap or leave gaps in the data")
+        position = stop
+    if position != len(buffer):
+        raise invalid("its data is longer than its entries")
+    return tensors

@@ -1,0 +1,166 @@
+"""sksae.save / sksae.load: a directory of safetensors weights and a JSON configuration."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import sksae
+from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
+from sksae._persistence import CONFIG_FILE, WEIGHTS_FILE
+
+
+def _assert_same(saved, loaded, where="estimator"):
+    """Same types, same keys in the same order, bitwise equal arrays and equal values.
+
+    (Comparing pickles would not do: pickle's memo depends on object identity.)
+    """
+    assert type(loaded) is type(saved), where
+    if isinstance(saved, dict):
+        assert list(loaded) == list(saved), where
+        for key in saved:
+            _assert_same(saved[key], loaded[key], f"{where}.{key}")
+    elif isinstance(saved, list | tuple):
+        assert len(loaded) == len(saved), where
+        for i, (a, b) in enumerate(zip(saved, loaded, strict=True)):
+            _assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(saved, np.ndarray):
+        assert (loaded.dtype, loaded.shape) == (saved.dtype, saved.shape), where
+        if saved.dtype == object:
+            assert loaded.tolist() == saved.tolist(), where
+        else:
+            assert loaded.tobytes() == saved.tobytes(), where
+    else:
+        assert loaded == saved or (saved != saved and loaded != loaded), where
+
+
+def _fit(cls=SparseAutoencoderTransformer, X=None, **params):
+    defaults = dict(n_components=64, k=3, max_iter=3, random_state=0)
+    return cls(**{**defaults, **params}).fit(X)
+
+
+@pytest.mark.parametrize(
+    "cls, params",
+    [
+        (SparseAutoencoderTransformer, dict(activation="topk")),
+        (SparseAutoencoderTransformer, dict(activation="batchtopk")),
+        (SparseAutoencoderTransformer, dict(activation="jumprelu", normalize_input="mean_norm")),
+        (SparseAutoencoderTransformer, dict(activation="relu", early_stopping=True)),
+        (SparseAutoencoderTransformer, dict(transform_algorithm="pursuit", sparse_output=True)),
+        (SparseAutoencoderOutlierDetector, dict(contamination=0.1)),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_exact(superposition_small, tmp_path, cls, params, dtype):
+    X = superposition_small[0].astype(dtype)
+    model = _fit(cls, X, **params)
+    sksae.save(model, tmp_path)
+    loaded = sksae.load(tmp_path)
+    assert type(loaded) is cls
+    _assert_same(vars(model), vars(loaded))  # every fitted attribute, bitwise
+    codes = model.transform(X)
+    loaded_codes = loaded.transform(X)
+    assert type(loaded_codes) is type(codes)
+    assert (loaded_codes != codes).sum() == 0
+    # Training continues where it stopped: Adam's moments and the clocks were saved.
+    np.testing.assert_array_equal(
+        loaded.partial_fit(X).components_, model.partial_fit(X).components_
+    )
+
+
+def test_feature_names_and_output_config_survive(superposition_small, tmp_path):
+    pd = pytest.importorskip("pandas")
+    X = pd.DataFrame(superposition_small[0], columns=[f"f{i}" for i in range(16)])
+    model = _fit(X=X).set_output(transform="pandas")
+    sksae.save(model, tmp_path)
+    loaded = sksae.load(tmp_path)
+    np.testing.assert_array_equal(loaded.feature_names_in_, model.feature_names_in_)
+    assert list(loaded.transform(X).columns) == list(model.transform(X).columns)
+
+
+def test_the_weights_file_is_standard_safetensors(superposition_small, tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    model = _fit(X=superposition_small[0])
+    sksae.save(model, tmp_path)
+    arrays = safetensors_numpy.load_file(str(tmp_path / WEIGHTS_FILE))
+    np.testing.assert_array_equal(arrays["components_"], model.components_)
+    # ...and a file written by the safetensors library loads too.
+    safetensors_numpy.save_file(arrays, str(tmp_path / WEIGHTS_FILE))
+    np.testing.assert_array_equal(sksae.load(tmp_path).components_, model.components_)
+
+
+def test_a_model_saved_for_a_gpu_loads_and_encodes_on_a_cpu(
+    superposition_small, tmp_path, monkeypatch
+):
+    X, _ = superposition_small
+    model = _fit(X=X)
+    expected = model.transform(X)
+    sksae.save(model.set_params(device="cuda"), tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    np.testing.assert_array_equal(sksae.load(tmp_path).transform(X), expected)
+
+
+def _edit_config(path, edit):
+    config = json.loads((path / CONFIG_FILE).read_text())
+    edit(config)
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def _set_shape(config):
+    config["state"]["components_"]["shape"] = [63, 16]
+
+
+def _corrupt_weights(path, transform):
+    data = (path / WEIGHTS_FILE).read_bytes()
+    (path / WEIGHTS_FILE).write_bytes(transform(data))
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda p: _edit_config(p, _set_shape), "records float32 of shape"),
+        (lambda p: _edit_config(p, lambda c: c.update({"class": "os.system"})), "only"),
+        (lambda p: _edit_config(p, lambda c: c.update({"format_version": 99})), "version"),
+        (lambda p: _edit_config(p, lambda c: c["params"].update({"bad": 1})), "unknown param"),
+        (lambda p: _edit_config(p, lambda c: c["params"].update({"k": -1})), "invalid param"),
+        (lambda p: _edit_config(p, lambda c: c["state"].pop("components_")), "lacks a fitted"),
+        (
+            lambda p: _edit_config(p, lambda c: c["state"].update(n_features_in_=3)),
+            "n_features_in_",
+        ),
+        (lambda p: (p / CONFIG_FILE).write_text("{not json"), "not valid JSON"),
+        (lambda p: (p / CONFIG_FILE).unlink(), "no config.json"),
+        (lambda p: (p / WEIGHTS_FILE).unlink(), "missing"),
+        (lambda p: _corrupt_weights(p, lambda d: d[: len(d) // 2]), "not a valid safetensors"),
+        (lambda p: _corrupt_weights(p, lambda d: d[:5]), "not a valid safetensors"),
+        (lambda p: _corrupt_weights(p, lambda d: (2**62).to_bytes(8, "little") + d[8:]), "exceeds"),
+        (lambda p: _corrupt_weights(p, lambda d: d[:8] + b"[" + d[9:]), "not JSON"),
+        (lambda p: _corrupt_weights(p, lambda d: d + b"\0" * 8), "longer than its entries"),
+    ],
+)
+def test_a_damaged_file_is_rejected_with_a_clear_error(
+    superposition_small, tmp_path, corrupt, match
+):
+    sksae.save(_fit(X=superposition_small[0]), tmp_path)
+    corrupt(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        sksae.load(tmp_path)
+
+
+def test_non_finite_weights_are_rejected(superposition_small, tmp_path):
+    model = _fit(X=superposition_small[0])
+    model.components_ = model.components_.copy()
+    model.components_[0, 0] = np.nan
+    sksae.save(model, tmp_path)
+    with pytest.raises(ValueError, match="components_ holds NaN"):
+        sksae.load(tmp_path)
+
+
+def test_only_fitted_sksae_estimators_are_saved(tmp_path):
+    with pytest.raises(ValueError, match="not fitted"):
+        sksae.save(SparseAutoencoderTransformer(), tmp_path)
+    from sklearn.decomposition import PCA
+
+    with pytest.raises(TypeError, match="save takes a fitted"):
+        sksae.save(PCA(), tmp_path)
