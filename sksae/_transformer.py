@@ -542,7 +542,11 @@ class SparseAutoencoderTransformer(
                 losses = []
             else:
                 self._check_same_model_shape()
-                state = _tree_map(lambda a: torch.from_numpy(a.copy()), self._trainer_state)
+                # A model built from weights alone (another library's checkpoint) has no
+                # optimiser state yet: Adam starts afresh from its weights.
+                state = self.__dict__.get("_trainer_state")
+                if state is not None:
+                    state = _tree_map(lambda a: torch.from_numpy(a.copy()), state)
                 trainer = self._new_trainer(self._module(device, training=True), Schedule(), state)
                 losses = list(self.loss_curve_)
                 scale = self.input_scale_
@@ -875,6 +879,61 @@ class SparseAutoencoderTransformer(
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         tags.input_tags.sparse = True
         return tags
+
+
+def _set_weights(
+    estimator, *, encoder_weights, encoder_bias, components, decoder_bias, threshold=None
+):
+    """Make the unfitted ``estimator`` a fitted model with the given weights.
+
+    For weights trained elsewhere (another library's checkpoint): the parameters that
+    fix the encoder (``n_components``, ``activation``, ``k``, ``bandwidth``) must already
+    be set. There is no training history: ``n_iter_`` is 0 and the firing statistics,
+    unknown, are NaN. ``partial_fit`` continues training with a fresh optimiser.
+    """
+    estimator._validate_params()
+    estimator._check_sparsifier_params()
+    weights = {
+        "components_": components,
+        "encoder_weights_": encoder_weights,
+        "encoder_bias_": encoder_bias,
+        "decoder_bias_": decoder_bias,
+    }
+    dtype = np.result_type(*weights.values())
+    dtype = dtype if dtype in _FLOAT_DTYPES else np.float64
+    weights = {name: np.array(value, dtype=dtype) for name, value in weights.items()}
+    n_latents, n_features = weights["components_"].shape
+    expected = {
+        "components_": (n_latents, n_features),
+        "encoder_weights_": (n_latents, n_features),
+        "encoder_bias_": (n_latents,),
+        "decoder_bias_": (n_features,),
+    }
+    for name, shape in expected.items():
+        if weights[name].shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {weights[name].shape}.")
+        if not np.isfinite(weights[name]).all():
+            raise ValueError(f"{name} holds NaN or infinite values.")
+    if n_latents != estimator.n_components:
+        raise ValueError(
+            f"The weights have {n_latents} latents but n_components={estimator.n_components}."
+        )
+    if threshold is not None:
+        weights["threshold_"] = np.array(threshold, dtype=np.float64)
+    estimator.__dict__.update(
+        weights,
+        n_features_in_=n_features,
+        input_scale_=1.0,
+        feature_density_=np.full(n_latents, np.nan),
+        dead_fraction_=math.nan,
+        validation_scores_=None,
+        best_validation_score_=None,
+        loss_curve_=[],
+        n_iter_=0,
+        n_steps_=0,
+        _fitted_sparsifier_params=estimator._sparsifier_params(),
+    )
+    return estimator
 
 
 def _make_sparsifier(params, **state):
