@@ -8,7 +8,7 @@ from sklearn.base import OutlierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._transformer import SparseAutoencoderTransformer, _rollback_on_error
+from ._transformer import SparseAutoencoderTransformer
 
 #: Tukey's fence: with ``contamination="auto"`` a sample is an outlier when its
 #: reconstruction error exceeds the third quartile of the training errors by more than
@@ -36,7 +36,7 @@ class SparseAutoencoderOutlierDetector(OutlierMixin, SparseAutoencoderTransforme
     ----------
     n_components, activation, alpha, bandwidth, aux_k, aux_coef, dead_steps, \
 batch_size, learning_rate, max_iter, tol, max_no_improvement, early_stopping, \
-validation_fraction, normalize_input, shuffle, transform_algorithm, \
+validation_fraction, normalize_input, shuffle, warm_start, transform_algorithm, \
 transform_n_candidates, sparse_output, device, autocast_dtype, random_state, verbose
         As in :class:`SparseAutoencoderTransformer`, with the same defaults.
 
@@ -110,6 +110,7 @@ feature_names_in_
         validation_fraction=0.1,
         normalize_input="none",
         shuffle=True,
+        warm_start=False,
         transform_algorithm="encoder",
         transform_n_candidates=None,
         sparse_output=False,
@@ -137,6 +138,7 @@ feature_names_in_
             validation_fraction=validation_fraction,
             normalize_input=normalize_input,
             shuffle=shuffle,
+            warm_start=warm_start,
             transform_algorithm=transform_algorithm,
             transform_n_candidates=transform_n_candidates,
             sparse_output=sparse_output,
@@ -147,45 +149,9 @@ feature_names_in_
         )
         self.contamination = contamination
 
-    def fit(self, X, y=None):
-        """Fit the autoencoder on ``X`` and set the threshold ``offset_`` from it.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data, mostly normal samples.
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        self : object
-            The fitted detector.
-        """
-        with _rollback_on_error(self):
-            super().fit(X)
-            self.offset_ = self._offset(self.score_samples(X))
-        return self
-
-    def partial_fit(self, X, y=None):
-        """Train on one batch of data, and set ``offset_`` from that batch.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training data.
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        self : object
-            The detector, updated.
-        """
-        with _rollback_on_error(self):
-            super().partial_fit(X)
-            self.offset_ = self._offset(self.score_samples(X))
-        return self
+    def _finish_fit(self, X):
+        # The threshold follows the model: after every fit, partial fit or interruption.
+        self.offset_ = self._offset(-self._squared_errors(X))
 
     def _offset(self, scores):
         if self.contamination != "auto":

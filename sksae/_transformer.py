@@ -167,6 +167,14 @@ class SparseAutoencoderTransformer(
         Reshuffle the samples before each epoch of ``fit``. ``partial_fit`` never
         shuffles.
 
+    warm_start : bool, default=False
+        When the estimator is already fitted, ``fit`` continues from its weights and
+        optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule,
+        no ``alpha`` warm-up, the input scale of the first fit) instead of starting
+        afresh; ``loss_curve_``, ``n_iter_`` and ``n_steps_`` keep counting. Use it to
+        resume a fit that was interrupted (see ``fit``) or to train longer.
+        ``n_components``, ``activation`` and ``k`` cannot change.
+
     transform_algorithm : {"encoder", "pursuit"}, default="encoder"
         How ``transform`` (and ``score``, ``score_samples``) code a sample.
         ``"encoder"``: the SAE's own code, one matrix product and the sparsifier, the
@@ -320,6 +328,7 @@ class SparseAutoencoderTransformer(
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
+        "warm_start": ["boolean"],
         "transform_algorithm": [StrOptions({"encoder", "pursuit"})],
         "transform_n_candidates": [Interval(Integral, 1, None, closed="left"), None],
         "sparse_output": ["boolean"],
@@ -349,6 +358,7 @@ class SparseAutoencoderTransformer(
         validation_fraction=0.1,
         normalize_input="none",
         shuffle=True,
+        warm_start=False,
         transform_algorithm="encoder",
         transform_n_candidates=None,
         sparse_output=False,
@@ -374,6 +384,7 @@ class SparseAutoencoderTransformer(
         self.validation_fraction = validation_fraction
         self.normalize_input = normalize_input
         self.shuffle = shuffle
+        self.warm_start = warm_start
         self.transform_algorithm = transform_algorithm
         self.transform_n_candidates = transform_n_candidates
         self.sparse_output = sparse_output
@@ -386,7 +397,14 @@ class SparseAutoencoderTransformer(
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Train the autoencoder on ``X`` from a fresh initialisation.
+        """Train the autoencoder on ``X`` from a fresh initialisation (or, with
+        ``warm_start``, from the fitted model).
+
+        An interruption (``KeyboardInterrupt``, Ctrl-C) is raised again, after the
+        estimator takes the state of the last completed epoch: its weights, optimiser
+        state and ``n_iter_``. ``fit`` with ``warm_start=True`` resumes from there.
+        Interrupted within the first epoch, the estimator keeps the state it had before
+        the call. Any other error leaves it as it was before the call, too.
 
         Parameters
         ----------
@@ -400,24 +418,43 @@ class SparseAutoencoderTransformer(
         self : object
             The fitted estimator.
         """
+        warm = self.warm_start and hasattr(self, "components_")
         with _rollback_on_error(self):
-            X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES)
+            X = validate_data(
+                self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=not warm
+            )
             self._check_sparsifier_params()
             device = self._torch_device()
             generator = _torch_generator(self.random_state)
-            scale = self._input_scale(X)
+            if warm:
+                self._check_same_model_shape()
+                X = X.astype(self.components_.dtype, copy=False)
+                scale = self.input_scale_
+            else:
+                scale = self._input_scale(X)
             X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
-            model = self._new_model(X_fit, generator, device)
-            schedule = Schedule(
-                alpha_warmup_steps=math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps)
-                if model.sparsifier.penalised and self.alpha > 0
-                else 0,
-                decay_start=math.floor((1 - _DECAY_FRACTION) * planned_steps),
-                decay_steps=planned_steps - math.floor((1 - _DECAY_FRACTION) * planned_steps),
+            if warm:
+                trainer = self._resumed_trainer(device)
+                start, history = trainer.n_steps, (self.loss_curve_, self.n_iter_)
+                warm_up = 0
+            else:
+                trainer = self._new_trainer(self._new_model(X_fit, generator, device), None)
+                start, history = 0, ([], 0)
+                penalised = trainer.model.sparsifier.penalised and self.alpha > 0
+                warm_up = math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps) if penalised else 0
+            decay_start = start + math.floor((1 - _DECAY_FRACTION) * planned_steps)
+            trainer.schedule = Schedule(
+                alpha_warmup_steps=warm_up,
+                decay_start=decay_start,
+                decay_steps=start + planned_steps - decay_start,
             )
-            trainer = self._new_trainer(model, schedule)
-            self._run_epochs(X, X_fit, X_val, scale, trainer, generator if self.shuffle else None)
+            interrupted = self._run_epochs(
+                X, X_fit, X_val, scale, trainer, generator if self.shuffle else None, history
+            )
+            self._finish_fit(X)
+        if interrupted:
+            raise KeyboardInterrupt
         return self
 
     def _split_validation(self, X, generator):
@@ -435,7 +472,7 @@ class SparseAutoencoderTransformer(
         order = torch.randperm(n_samples, generator=generator).numpy()
         return X[np.sort(order[n_validation:])], X[np.sort(order[:n_validation])]
 
-    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator):
+    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator, history):
         """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
 
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
@@ -443,7 +480,12 @@ class SparseAutoencoderTransformer(
         quantity (the validation FVU with ``early_stopping``, else the training loss)
         reaches a plateau after the warm-up of ``alpha``, the learning rate anneals
         linearly to zero over a cool-down of a quarter as many epochs as were run (at
-        least one), then the fit ends.
+        least one), then the fit ends. ``history`` is the loss curve and epoch count to
+        continue (those of the fitted model for a warm start).
+
+        Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
+        the estimator then holds the last completed epoch. One within the first epoch
+        propagates.
         """
         device = trainer.model.W_dec.device
         X_rows = training_rows(X_fit, device)
@@ -451,13 +493,22 @@ class SparseAutoencoderTransformer(
         steps_per_epoch = math.ceil(X_fit.shape[0] / self.batch_size)
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
-        losses, validation_scores, best_model = [], [], None
+        losses, n_iter = list(history[0]), history[1]
+        validation_scores, best_model, last_epoch = [], None, None
         plateau = _Plateau(self.tol, self.max_no_improvement)
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
-            stats = self._train_pass(trainer, X_rows, generator)
+            try:
+                stats = self._train_pass(trainer, X_rows, generator)
+            except KeyboardInterrupt:
+                if last_epoch is None:
+                    raise
+                self.__dict__.update(last_epoch)
+                fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
+                return True
             losses.append(stats.loss)
+            n_iter += 1
             monitored = stats.loss
             if X_val_rows is not None:
                 monitored = evaluate_fvu(trainer.model, X_val_rows)
@@ -471,7 +522,7 @@ class SparseAutoencoderTransformer(
                 X=X,
                 # Evaluated by the callbacks only if one asks for a fitted estimator.
                 reconstruction_attributes=partial(
-                    self._fitted_attributes, trainer, stats, losses, len(losses), scale
+                    self._fitted_attributes, trainer, stats, losses, n_iter, scale
                 ),
             )
             # While alpha warms up the loss rises with it: no plateau can be judged yet.
@@ -480,17 +531,18 @@ class SparseAutoencoderTransformer(
             if warmed_up and plateau.reached(monitored) and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
+            last_epoch = self._fitted_attributes(trainer, stats, losses, n_iter, scale)
+            last_epoch["validation_scores_"] = last_epoch["best_validation_score_"] = None
+            if X_val_rows is not None:
+                # The weights of the epoch with the best validation score.
+                last_epoch.update(best_model)
+                last_epoch["validation_scores_"] = list(validation_scores)
+                last_epoch["best_validation_score_"] = max(validation_scores)
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
-        fitted = self._fitted_attributes(trainer, stats, losses, len(losses), scale)
-        fitted["validation_scores_"] = fitted["best_validation_score_"] = None
-        if X_val_rows is not None:
-            # The weights of the epoch with the best validation score.
-            fitted.update(best_model)
-            fitted["validation_scores_"] = validation_scores
-            fitted["best_validation_score_"] = max(validation_scores)
-        self.__dict__.update(fitted)
+        self.__dict__.update(last_epoch)
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
+        return False
 
     def _print_epoch(self, epoch, stats, validation_scores):
         validation = (
@@ -538,23 +590,34 @@ class SparseAutoencoderTransformer(
                 model = self._new_model(
                     _scaled(X, scale), _torch_generator(self.random_state), device
                 )
-                trainer = self._new_trainer(model, Schedule())
+                trainer = self._new_trainer(model, None)
                 losses = []
             else:
                 self._check_same_model_shape()
-                # A model built from weights alone (another library's checkpoint) has no
-                # optimiser state yet: Adam starts afresh from its weights.
-                state = self.__dict__.get("_trainer_state")
-                if state is not None:
-                    state = _tree_map(lambda a: torch.from_numpy(a.copy()), state)
-                trainer = self._new_trainer(self._module(device, training=True), Schedule(), state)
+                trainer = self._resumed_trainer(device)
                 losses = list(self.loss_curve_)
                 scale = self.input_scale_
             stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
             self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter, scale))
+            self._finish_fit(X)
         return self
+
+    def _finish_fit(self, X):
+        """Hook for subclasses: called with the validated training data once ``fit`` or
+        ``partial_fit`` has set the fitted attributes, within their rollback."""
+
+    def _resumed_trainer(self, device):
+        """A trainer of the fitted model that continues its optimiser state.
+
+        A model built from weights alone (another library's checkpoint) has no optimiser
+        state yet: Adam starts afresh from its weights.
+        """
+        state = self.__dict__.get("_trainer_state")
+        if state is not None:
+            state = _tree_map(lambda a: torch.from_numpy(a.copy()), state)
+        return self._new_trainer(self._module(device, training=True), None, state)
 
     def _new_trainer(self, model, schedule, state=None):
         auxk = None

@@ -292,6 +292,14 @@ class _EpochCallback:
         pass
 
 
+class _StopAfter(_EpochCallback):
+    def __init__(self, n_epochs):
+        self.n_epochs = n_epochs
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        return context.task_name == "epoch" and context.task_id == self.n_epochs - 1
+
+
 def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
     X, _ = superposition_small
 
@@ -515,6 +523,87 @@ def test_a_memory_map_trains_and_encodes_in_bounded_memory(tmp_path):
     assert peak < X.nbytes / 2
     np.testing.assert_array_equal(sae.components_, expected.components_)
     np.testing.assert_array_equal(codes, expected.transform(X))
+
+
+# ---------------------------------------------------------------- interruption and warm start
+
+
+def _interrupt_on_epoch(monkeypatch, epoch):
+    """Make the ``epoch``-th pass over the data (1-based) raise KeyboardInterrupt."""
+    from sksae._nn.training import Trainer
+
+    run_epoch, calls = Trainer.run_epoch, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return run_epoch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_an_interrupted_fit_keeps_its_last_completed_epoch(
+    superposition_small, monkeypatch, early_stopping
+):
+    X, _ = superposition_small
+    params = dict(max_iter=10, early_stopping=early_stopping, max_no_improvement=None)
+    _interrupt_on_epoch(monkeypatch, 4)
+    sae = _sae(**params)
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X)
+    assert sae.n_iter_ == 3 and len(sae.loss_curve_) == 3
+    monkeypatch.undo()
+    # The same three epochs, stopped cleanly by a callback, give the same model.
+    reference = _sae(**params)
+    reference.set_callbacks(_StopAfter(3))
+    reference.fit(X)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(sae, name), getattr(reference, name))
+
+
+def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
+    superposition_small, monkeypatch
+):
+    X, _ = superposition_small
+    _interrupt_on_epoch(monkeypatch, 1)
+    sae = _sae()
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X)
+    assert not hasattr(sae, "components_")
+
+
+def test_warm_start_continues_the_fit(superposition_small, monkeypatch):
+    X, _ = superposition_small
+    sae = _sae(max_iter=10, max_no_improvement=None)
+    _interrupt_on_epoch(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X)
+    monkeypatch.undo()
+    steps, first_losses = sae.n_steps_, list(sae.loss_curve_)
+    sae.set_params(warm_start=True, max_iter=4).fit(X)
+    assert sae.n_iter_ == 7 and sae.loss_curve_[:3] == first_losses
+    assert sae.n_steps_ == 7 * steps // 3
+    assert sae.loss_curve_[-1] < first_losses[-1]
+    # A shape change cannot be a warm start, and leaves the model as it was.
+    state = _state(sae)
+    with pytest.raises(ValueError, match="cannot change"):
+        sae.set_params(n_components=32).fit(X)
+    assert _state(sae.set_params(n_components=64)) == state
+
+
+def test_concurrent_transforms_agree_with_sequential_ones(superposition_small):
+    from concurrent.futures import ThreadPoolExecutor
+
+    X, _ = superposition_small
+    sae = _sae(transform_algorithm="pursuit", n_components=128).fit(X)
+    chunks = np.array_split(X, 8)
+    expected = [sae.transform(chunk) for chunk in chunks]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(sae.transform, chunks * 4))
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result, expected[i % 8])
 
 
 # ---------------------------------------------------------------- partial_fit

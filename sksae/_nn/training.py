@@ -156,6 +156,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.learning_rate = learning_rate
         self.alpha = alpha
+        #: Learning-rate and alpha multipliers; the caller may replace it between steps.
         self.schedule = schedule or Schedule()
         self.auxk = auxk
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
