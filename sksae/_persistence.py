@@ -2,13 +2,14 @@
 
 A saved model is a directory of two files: ``model.safetensors`` holds every array of the
 fitted state (weights, statistics, the optimiser's moments), ``config.json`` the class
-name, the parameters, the sksae version and the rest of the fitted state, with a typed
-reference to each array. Neither file can run code when read: the safetensors format is
-a JSON header followed by raw little-endian bytes, which this module reads and writes
-itself with numpy (the files open with the ``safetensors`` library too), and the JSON
-names the class among a fixed set.
-"""
+name, the parameters, the sksae version, the rest of the fitted state with a typed
+reference to each array, and the SHA-256 digest of the weights file, so that a damaged or
+altered weights file is refused rather than loaded with wrong weights. Neither file can
+run code when read: the safetensors format is a JSON header followed by raw little-endian
+bytes, which this module reads and writes itself with numpy (the files open with the
+``safetensors`` library too), and the JSON names the class among a fixed set."""
 
+import hashlib
 import json
 import math
 import os
@@ -99,9 +100,11 @@ def save(estimator, path):
         "params": params,
         "state": state,
     }
+    weights = _safetensors_bytes(tensors)
+    config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / WEIGHTS_FILE, _safetensors_bytes(tensors))
+    _write_atomically(directory / WEIGHTS_FILE, weights)
     _write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=1).encode())
 
 
@@ -135,7 +138,7 @@ def load(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}") from exc
     cls = _check_config(config, directory)
-    tensors = _read_safetensors(directory / WEIGHTS_FILE)
+    tensors = _read_safetensors(directory / WEIGHTS_FILE, config.get("weights_sha256"))
     try:
         estimator = cls(**config["params"])
     except TypeError as exc:
@@ -299,8 +302,9 @@ def _safetensors_bytes(tensors):
     return len(encoded).to_bytes(8, "little") + encoded + b"".join(buffers)
 
 
-def _read_safetensors(path):
-    """The arrays of a safetensors file, after checking its header against its size."""
+def _read_safetensors(path, sha256=None):
+    """The arrays of a safetensors file, after checking its header against its size
+    and, when given, its bytes against their SHA-256 digest."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
@@ -308,6 +312,12 @@ def _read_safetensors(path):
 
     def invalid(reason):
         return ValueError(f"{path} is not a valid safetensors file: {reason}")
+
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ValueError(
+            f"{path} does not match the SHA-256 digest recorded in its {CONFIG_FILE}: the "
+            "file was changed or damaged after it was saved."
+        )
 
     if len(data) < 8:
         raise invalid("it is shorter than its 8-byte header length")

@@ -835,7 +835,10 @@ class SparseAutoencoderTransformer(
             Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64); a
             CSR array when ``sparse_output`` is True.
         """
-        X = self._validate_input(X)
+        return self._transform_validated(self._validate_input(X))
+
+    def _transform_validated(self, X):
+        """:meth:`transform` of ``X`` already validated (numpy or scipy.sparse)."""
         encode = self._encoder()
         if not self.sparse_output:
             return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)

@@ -1,5 +1,6 @@
 """sksae.save / sksae.load: a directory of safetensors weights and a JSON configuration."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -85,8 +86,10 @@ def test_the_weights_file_is_standard_safetensors(superposition_small, tmp_path)
     sksae.save(model, tmp_path)
     arrays = safetensors_numpy.load_file(str(tmp_path / WEIGHTS_FILE))
     np.testing.assert_array_equal(arrays["components_"], model.components_)
-    # ...and a file written by the safetensors library loads too.
+    # ...and a file written by the safetensors library loads too (with its digest).
     safetensors_numpy.save_file(arrays, str(tmp_path / WEIGHTS_FILE))
+    digest = hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()
+    _edit_config(tmp_path, lambda config: config.update(weights_sha256=digest))
     np.testing.assert_array_equal(sksae.load(tmp_path).components_, model.components_)
 
 
@@ -112,8 +115,17 @@ def _set_shape(config):
 
 
 def _corrupt_weights(path, transform):
+    """Damage the weights file, and drop its digest so that the checks of the file's
+    structure are what is tested (the digest alone catches any change)."""
     data = (path / WEIGHTS_FILE).read_bytes()
     (path / WEIGHTS_FILE).write_bytes(transform(data))
+    _edit_config(path, lambda config: config.pop("weights_sha256"))
+
+
+def _flip_a_weight_byte(path):
+    data = bytearray((path / WEIGHTS_FILE).read_bytes())
+    data[-3] ^= 0x10
+    (path / WEIGHTS_FILE).write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize(
@@ -137,6 +149,7 @@ def _corrupt_weights(path, transform):
         (lambda p: _corrupt_weights(p, lambda d: (2**62).to_bytes(8, "little") + d[8:]), "exceeds"),
         (lambda p: _corrupt_weights(p, lambda d: d[:8] + b"[" + d[9:]), "not JSON"),
         (lambda p: _corrupt_weights(p, lambda d: d + b"\0" * 8), "longer than its entries"),
+        (_flip_a_weight_byte, "SHA-256"),
     ],
 )
 def test_a_damaged_file_is_rejected_with_a_clear_error(
