@@ -1,5 +1,6 @@
 """sksae: sparse autoencoders as scikit-learn estimators, trained with PyTorch."""
 
+from ._external import export, load_external
 from ._outlier import SparseAutoencoderOutlierDetector
 from ._persistence import load, save
 from ._transformer import SparseAutoencoderTransformer
@@ -10,6 +11,8 @@ __all__ = [
     "SparseAutoencoderOutlierDetector",
     "SparseAutoencoderTransformer",
     "__version__",
+    "export",
     "load",
+    "load_external",
     "save",
 ]

@@ -41,7 +41,8 @@ DTYPE_CODES = {
     np.dtype("int32"): "I32",
     np.dtype("bool"): "BOOL",
 }
-DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+#: What each code is read as: bfloat16 (research checkpoints) becomes float32.
+DTYPES = {**{code: dtype for dtype, code in DTYPE_CODES.items()}, "BF16": np.dtype("<u2")}
 #: Upper bound of a safetensors header: a corrupted length must not allocate gigabytes.
 MAX_HEADER_BYTES = 100 * 2**20
 
@@ -100,7 +101,9 @@ def save(estimator, path):
         "params": params,
         "state": state,
     }
-    weights = _safetensors_bytes(tensors)
+    # Each file vouches for the other: the weights carry the digest of the configuration,
+    # the configuration the digest of the weights.
+    weights = _safetensors_bytes(tensors, {"config_sha256": _config_digest(config)})
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +141,13 @@ def load(path):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}") from exc
     cls = _check_config(config, directory)
-    tensors = _read_safetensors(directory / WEIGHTS_FILE, config.get("weights_sha256"))
+    weights_sha256 = config.pop("weights_sha256", None)
+    tensors, metadata = _read_safetensors_with_metadata(directory / WEIGHTS_FILE, weights_sha256)
+    if "config_sha256" in metadata and metadata["config_sha256"] != _config_digest(config):
+        raise ValueError(
+            f"{directory / CONFIG_FILE} does not match the digest its weights file records: "
+            "it was changed or damaged after it was saved."
+        )
     try:
         estimator = cls(**config["params"])
     except TypeError as exc:
@@ -148,7 +157,12 @@ def load(path):
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{directory / CONFIG_FILE} has invalid parameters: {exc}") from exc
     for name, value in config["state"].items():
-        setattr(estimator, name, _decode(value, tensors))
+        try:
+            setattr(estimator, name, _decode(value, tensors))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"{directory / CONFIG_FILE} has a malformed entry {name!r}: {exc}"
+            ) from exc
     _check_fitted_state(estimator, directory)
     return estimator
 
@@ -272,6 +286,13 @@ def _check_fitted_state(estimator, directory):
 _WEIGHTS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
 
 
+def _config_digest(config):
+    """SHA-256 of the configuration's meaning: its canonical JSON, without the digest of
+    the weights (which depends on this one)."""
+    core = {key: value for key, value in config.items() if key != "weights_sha256"}
+    return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()
+
+
 def _sksae_version():
     from . import __version__
 
@@ -284,9 +305,12 @@ def _write_atomically(path, data):
     os.replace(temporary, path)
 
 
-def _safetensors_bytes(tensors):
-    """The bytes of a safetensors file holding ``tensors`` (name -> numpy array)."""
+def _safetensors_bytes(tensors, metadata=None):
+    """The bytes of a safetensors file holding ``tensors`` (name -> numpy array), and
+    ``metadata`` (str -> str) in its header."""
     header, offset, buffers = {}, 0, []
+    if metadata:
+        header["__metadata__"] = dict(metadata)
     for name in sorted(tensors):
         array = tensors[name]
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes(order="C")
@@ -305,6 +329,11 @@ def _safetensors_bytes(tensors):
 def _read_safetensors(path, sha256=None):
     """The arrays of a safetensors file, after checking its header against its size
     and, when given, its bytes against their SHA-256 digest."""
+    return _read_safetensors_with_metadata(path, sha256)[0]
+
+
+def _read_safetensors_with_metadata(path, sha256=None):
+    """:func:`_read_safetensors`, and the header's metadata (str -> str)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
@@ -330,7 +359,9 @@ def _read_safetensors(path, sha256=None):
         raise invalid(f"its header is not JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise invalid("its header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise invalid("its metadata is not a JSON object")
     buffer = memoryview(data)[8 + header_length :]
     tensors, covered = {}, []
     for name, entry in header.items():
@@ -345,7 +376,10 @@ def _read_safetensors(path, sha256=None):
         if stop - start != math.prod(shape) * dtype.itemsize:
             raise invalid(f"entry {name!r} has {stop - start} bytes for shape {shape}")
         array = np.frombuffer(buffer[start:stop], dtype=dtype.newbyteorder("<"))
-        tensors[name] = array.astype(dtype).reshape(shape)  # native order, writeable copy
+        if entry["dtype"] == "BF16":
+            # numpy has no bfloat16: its bits are the top half of a float32's.
+            array = (array.astype(np.uint32) << 16).view(np.float32)
+        tensors[name] = array.astype(array.dtype.newbyteorder("=")).reshape(shape)
         covered.append((start, stop))
     position = 0
     for start, stop in sorted(covered):
@@ -354,4 +388,4 @@ def _read_safetensors(path, sha256=None):
         position = stop
     if position != len(buffer):
         raise invalid("its data is longer than its entries")
-    return tensors
+    return tensors, metadata

@@ -423,6 +423,7 @@ class SparseAutoencoderTransformer(
             X = validate_data(
                 self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=not warm
             )
+            _check_magnitude(X, "X")
             self._check_sparsifier_params()
             device = self._torch_device()
             generator = _torch_generator(self.random_state)
@@ -583,6 +584,7 @@ class SparseAutoencoderTransformer(
             # Later calls cast X to the dtype the model was fitted in.
             dtype = _FLOAT_DTYPES if first_call else self.components_.dtype
             X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=dtype, reset=first_call)
+            _check_magnitude(X, "X")
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:
@@ -814,9 +816,8 @@ class SparseAutoencoderTransformer(
 
     def _validate_input(self, X):
         check_is_fitted(self)
-        return validate_data(
-            self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=False
-        )
+        X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=False)
+        return _check_magnitude(X, "X")
 
     def transform(self, X):
         """Encode ``X`` as sparse codes.
@@ -867,7 +868,9 @@ class SparseAutoencoderTransformer(
             Reconstructed data, in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        codes = check_array(X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES)
+        codes = _check_magnitude(
+            check_array(X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES), "the codes"
+        )
         if codes.shape[1] != self.components_.shape[0]:
             raise ValueError(
                 f"X has {codes.shape[1]} features, but inverse_transform expects codes "
@@ -1000,6 +1003,23 @@ def _set_weights(
         _fitted_sparsifier_params=estimator._sparsifier_params(),
     )
     return estimator
+
+
+def _check_magnitude(X, name):
+    """Refuse values whose squares, summed over a row, would overflow ``X``'s dtype.
+
+    Finite but huge inputs would otherwise turn into infinite losses, codes or scores
+    deep inside the computation. The bound leaves a factor of 1000 of headroom.
+    """
+    largest = max(abs(float(X.max())), abs(float(X.min())))
+    bound = math.sqrt(np.finfo(X.dtype).max / (1e3 * X.shape[1]))
+    if largest > bound:
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g} in magnitude, beyond what {X.dtype} "
+            f"arithmetic on {X.shape[1]} features can square and sum ({bound:.3g}); scale "
+            "the data first (for example with StandardScaler)."
+        )
+    return X
 
 
 def _make_sparsifier(params, **state):

@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -11,3 +13,13 @@ def superposition_small():
         n_samples=4000, n_features=16, n_sources=48, n_active=3, random_state=0, return_sources=True
     )
     return X.astype(np.float32), directions
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Report how many malformed inputs tests/test_fuzz.py tried, per entry point."""
+    # pytest imports the test module under its own name, not as tests.test_fuzz.
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.CASES:
+        counts = ", ".join(f"{method} {n}" for method, n in sorted(fuzz.CASES.items()))
+        total = sum(fuzz.CASES.values())
+        terminalreporter.write_line(f"fuzz: {total} malformed-input cases tried ({counts})")

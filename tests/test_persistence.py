@@ -9,7 +9,13 @@ import torch
 
 import sksae
 from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
-from sksae._persistence import CONFIG_FILE, WEIGHTS_FILE
+from sksae._persistence import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    _config_digest,
+    _read_safetensors,
+    _safetensors_bytes,
+)
 
 
 def _assert_same(saved, loaded, where="estimator"):
@@ -89,7 +95,7 @@ def test_the_weights_file_is_standard_safetensors(superposition_small, tmp_path)
     # ...and a file written by the safetensors library loads too (with its digest).
     safetensors_numpy.save_file(arrays, str(tmp_path / WEIGHTS_FILE))
     digest = hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()
-    _edit_config(tmp_path, lambda config: config.update(weights_sha256=digest))
+    _edit_config(tmp_path, lambda config: config.update(weights_sha256=digest), reseal=False)
     np.testing.assert_array_equal(sksae.load(tmp_path).components_, model.components_)
 
 
@@ -104,9 +110,17 @@ def test_a_model_saved_for_a_gpu_loads_and_encodes_on_a_cpu(
     np.testing.assert_array_equal(sksae.load(tmp_path).transform(X), expected)
 
 
-def _edit_config(path, edit):
+def _edit_config(path, edit, *, reseal=True):
+    """Edit config.json; ``reseal`` updates the two files' digests of each other, so
+    that the checks behind the digests are what is tested."""
     config = json.loads((path / CONFIG_FILE).read_text())
     edit(config)
+    if reseal:
+        config.pop("weights_sha256", None)
+        tensors = _read_safetensors(path / WEIGHTS_FILE)
+        weights = _safetensors_bytes(tensors, {"config_sha256": _config_digest(config)})
+        (path / WEIGHTS_FILE).write_bytes(weights)
+        config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     (path / CONFIG_FILE).write_text(json.dumps(config))
 
 
@@ -119,7 +133,7 @@ def _corrupt_weights(path, transform):
     structure are what is tested (the digest alone catches any change)."""
     data = (path / WEIGHTS_FILE).read_bytes()
     (path / WEIGHTS_FILE).write_bytes(transform(data))
-    _edit_config(path, lambda config: config.pop("weights_sha256"))
+    _edit_config(path, lambda config: config.pop("weights_sha256"), reseal=False)
 
 
 def _flip_a_weight_byte(path):
@@ -142,6 +156,10 @@ def _flip_a_weight_byte(path):
             "n_features_in_",
         ),
         (lambda p: (p / CONFIG_FILE).write_text("{not json"), "not valid JSON"),
+        (
+            lambda p: _edit_config(p, lambda c: c["params"].update(k=4), reseal=False),
+            "config.json does not match the digest",
+        ),
         (lambda p: (p / CONFIG_FILE).unlink(), "no config.json"),
         (lambda p: (p / WEIGHTS_FILE).unlink(), "missing"),
         (lambda p: _corrupt_weights(p, lambda d: d[: len(d) // 2]), "not a valid safetensors"),
@@ -177,3 +195,12 @@ def test_only_fitted_sksae_estimators_are_saved(tmp_path):
 
     with pytest.raises(TypeError, match="save takes a fitted"):
         sksae.save(PCA(), tmp_path)
+
+
+def test_bfloat16_arrays_of_research_checkpoints_read_as_float32(tmp_path):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    weights = torch.randn(3, 4).to(torch.bfloat16)
+    safetensors_torch.save_file({"w": weights}, str(tmp_path / "w.safetensors"))
+    array = _read_safetensors(tmp_path / "w.safetensors")["w"]
+    assert array.dtype == np.float32
+    np.testing.assert_array_equal(array, weights.float().numpy())
