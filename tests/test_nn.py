@@ -74,6 +74,7 @@ def test_jumprelu_straight_through_gradients_follow_the_paper():
 
     sparsifier.threshold.grad = None
     pre.grad = None
+    code = sparsifier(pre)
     penalty = sparsifier.penalty(pre, code, decoder_norms=None)
     assert penalty.item() == pytest.approx(1.0)  # two active entries over two rows
     penalty.backward()

@@ -29,6 +29,9 @@ class Code(NamedTuple):
 
     values: torch.Tensor
     indices: torch.Tensor | None = None
+    #: The sparsifier's penalty (mean over rows), when computing it with the code saves
+    #: work (JumpReLU's L0 shares its comparisons and kernel window with the code).
+    penalty: torch.Tensor | None = None
 
     def to_dense(self, n_latents):
         """Return the code as a dense ``[batch, n_latents]`` tensor."""
@@ -196,14 +199,15 @@ class JumpReLU(Sparsifier):
         self.threshold = torch.nn.Parameter(threshold.to(torch.float64))
 
     def forward(self, pre):
-        return Code(_JumpReLUFunction.apply(pre, self.threshold.to(pre.dtype), self.bandwidth))
+        threshold = self.threshold.to(pre.dtype)
+        values, l0 = _JumpReLUFunction.apply(pre, threshold, self.bandwidth)
+        return Code(values, penalty=l0)
 
     def encode(self, pre):
         return Code(pre * (pre > self.threshold.to(pre.dtype)))
 
     def penalty(self, pre, code, decoder_norms):
-        steps = _StepFunction.apply(pre, self.threshold.to(pre.dtype), self.bandwidth)
-        return steps.sum(dim=1).mean()
+        return code.penalty
 
     @torch.no_grad()
     def constrain_(self):
@@ -214,39 +218,54 @@ class JumpReLU(Sparsifier):
         return f"bandwidth={self.bandwidth}"
 
 
-def _in_window(pre, threshold, bandwidth):
-    """The rectangle kernel ``K((pre - threshold) / bandwidth)``: 1 within half a width."""
-    return ((pre - threshold).abs() < bandwidth / 2).to(pre.dtype)
-
-
 class _JumpReLUFunction(torch.autograd.Function):
+    """The JumpReLU code ``pre * H(pre - threshold)`` and its L0 penalty, the mean over
+    rows of ``sum_i H(pre_i - threshold_i)``, with the paper's straight-through
+    gradients.
+
+    One function for both: they share the comparison with the thresholds and the
+    rectangle kernel's window, each a pass over ``[batch, n_latents]``. The code passes
+    ``H(pre - threshold)`` to the pre-activations and ``-(threshold / eps) K`` to the
+    thresholds; the L0 term passes ``-(1 / eps) K`` (averaged over rows) to the
+    thresholds and nothing to the pre-activations.
+    """
+
     @staticmethod
     def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
+        active = pre > threshold
+        ctx.save_for_backward(pre, threshold, active)
         ctx.bandwidth = bandwidth
-        return pre * (pre > threshold)
+        # An unused output (the penalty of an unpenalised fit) gets None, not zeros.
+        ctx.set_materialize_grads(False)
+        n_active = _count_true(active, dim=None)
+        return pre * active, (n_active / pre.shape[0]).to(pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad):
-        pre, threshold = ctx.saved_tensors
-        window = _in_window(pre, threshold, ctx.bandwidth)
-        grad_threshold = -(threshold / ctx.bandwidth) * (window * grad).sum(dim=0)
-        return grad * (pre > threshold), grad_threshold, None
+    def backward(ctx, grad_values, grad_l0):
+        pre, threshold, active = ctx.saved_tensors
+        bandwidth = ctx.bandwidth
+        window = (pre - threshold).abs_() < bandwidth / 2
+        grad_pre = None
+        grad_threshold = torch.zeros_like(threshold)
+        if grad_values is not None:
+            grad_pre = grad_values * active
+            in_window = torch.where(window, grad_values, 0).sum(dim=0)
+            grad_threshold -= (threshold / bandwidth) * in_window
+        if grad_l0 is not None:
+            n_in_window = _count_true(window, dim=0).to(threshold.dtype)
+            grad_threshold -= grad_l0 / (pre.shape[0] * bandwidth) * n_in_window
+        return grad_pre, grad_threshold, None
 
 
-class _StepFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):
-        ctx.save_for_backward(pre, threshold)
-        ctx.bandwidth = bandwidth
-        return (pre > threshold).to(pre.dtype)
+def _count_true(mask, dim):
+    """Number of true entries of a boolean tensor (along ``dim``, or in all).
 
-    @staticmethod
-    def backward(ctx, grad):
-        # No gradient to the pre-activations: only the threshold learns from the L0 term.
-        pre, threshold = ctx.saved_tensors
-        window = _in_window(pre, threshold, ctx.bandwidth)
-        return None, -(window * grad).sum(dim=0) / ctx.bandwidth, None
+    A byte view sums without the int64 copy of the whole mask that ``sum`` makes.
+    """
+    as_bytes = mask.view(torch.uint8)
+    if dim is None:
+        return as_bytes.sum(dtype=torch.int64)
+    return as_bytes.sum(dim=dim, dtype=torch.int32)
 
 
 #: Codes with at most this fraction of latents active are decoded, and trained, through
