@@ -1,0 +1,628 @@
+"""The ``sksae`` command line: train, evaluate and export sparse autoencoders on
+activations stored on disk.
+
+Usage:
+
+.. code-block:: console
+
+    $ python -m sksae fit acts.npy -o sae --n-components 4096 --k 32 --progress
+    $ python -m sksae fit acts.npy -o sae --resume --max-iter 5   # 5 more epochs
+    $ python -m sksae fit shards/ -o sae --max-iter 3            # 3 passes, shard by shard
+    $ python -m sksae evaluate sae held_out.npy
+    $ python -m sksae export sae -o sae-sparsify --format sparsify
+
+``DATA`` is a ``.npy`` file, a ``.npz`` or ``.safetensors`` file of one or several 2-D
+arrays, or a directory of such files, taken in the order of their names. Each array is a
+shard; those of one file come in the order the file lists them. One array trains with
+``fit``: a ``.npy`` or ``.safetensors`` array is a memory map, which the estimator reads
+one minibatch at a time. Several shards train with ``partial_fit``, one shard in memory
+at a time, ``--max-iter`` passes over them all, in order and with a constant learning
+rate: shuffle the samples across shards beforehand. ``evaluate`` encodes the shards chunk
+by chunk into sparse codes and keeps only running sums. So no command holds more than
+one shard in memory, nor all the codes.
+
+Errors in the command line, the data or the parameters print one line,
+``sksae: error: ...``, on stderr and exit with status 2; Ctrl-C during ``fit`` saves the
+last completed epoch and exits with status 130.
+"""
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.callback import ProgressBar
+from sklearn.utils._param_validation import StrOptions
+
+from ._external import export
+from ._nn.batches import rows_per_chunk
+from ._persistence import CONFIG_FILE, DTYPES, MAX_HEADER_BYTES, load, save
+from ._transformer import SparseAutoencoderTransformer
+
+__all__ = ["main"]
+
+#: Exit status of an error (argparse's convention) and of Ctrl-C (128 + SIGINT).
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+#: Values (rows x features) of data that ``evaluate`` encodes at a time. The codes come
+#: back sparse, so the memory a chunk takes is about that of its rows.
+EVALUATE_CHUNK_VALUES = 2**22
+
+#: Quantiles of the density of the live latents that ``evaluate`` reports.
+DENSITY_QUANTILES = {"min": 0.0, "q10": 0.1, "median": 0.5, "q90": 0.9, "max": 1.0}
+
+
+def _none_or(kind):
+    """A converter of option values to ``kind``, or to None for ``"none"``."""
+
+    def convert(text):
+        return None if text.lower() == "none" else kind(text)
+
+    # argparse names the converter in its messages: "invalid int or none value: 'x'".
+    convert.__name__ = f"{kind.__name__} or none"
+    return convert
+
+
+#: The parameters of SparseAutoencoderTransformer that ``fit`` sets, with the type of their
+#: option and its help. Defaults and checks are the estimator's own, so they cannot drift.
+FIT_PARAMETERS = {
+    "n_components": (int, "number of latents (dictionary atoms)"),
+    "activation": (str, "how the code is sparsified"),
+    "k": (int, "active latents per sample (topk: at most, batchtopk: on average)"),
+    "alpha": (float, "weight of the sparsity penalty (relu, jumprelu)"),
+    "bandwidth": (float, "width of jumprelu's straight-through estimators"),
+    "aux_k": (_none_or(int), "dead latents the AuxK loss uses (none: n_features // 2)"),
+    "aux_coef": (float, "weight of the AuxK loss (0: off)"),
+    "dead_steps": (int, "steps without firing after which a latent counts as dead"),
+    "batch_size": (int, "samples per minibatch"),
+    "learning_rate": (_none_or(float), "Adam's step size (none: a scaling law in n_components)"),
+    "max_iter": (int, "epochs; with shards, passes over all of them"),
+    "tol": (float, "relative improvement for an epoch to count as one"),
+    "max_no_improvement": (
+        _none_or(int),
+        "epochs without improvement before the cool-down (none: run --max-iter epochs)",
+    ),
+    "early_stopping": (bool, "hold out --validation-fraction and monitor its FVU"),
+    "validation_fraction": (float, "fraction of the data --early-stopping holds out"),
+    "normalize_input": (str, "scale the data to E||x|| = sqrt(n_features) for training"),
+    "shuffle": (bool, "reshuffle the samples before each epoch"),
+    "device": (str, "torch device: cpu, cuda, cuda:<index> or auto"),
+    "autocast_dtype": (_none_or(str), "precision of the encoder's matrix product"),
+    "random_state": (_none_or(int), "seed of the initialisation and the shuffling"),
+    "verbose": (int, "print the loss of each epoch when positive"),
+}
+
+
+def main(argv=None):
+    """Run the ``sksae`` command line.
+
+    Parameters
+    ----------
+    argv : list of str or None, default=None
+        The arguments after the program name; None reads ``sys.argv[1:]``.
+
+    Returns
+    -------
+    status : int
+        0 on success, 2 on an error (reported in one line on stderr), 130 when Ctrl-C
+        interrupted ``fit``.
+
+    Examples
+    --------
+    >>> from sksae._cli import main
+    >>> main(["evaluate", "no-such-model", "data.npy"])  # prints one line on stderr
+    2
+    """
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or an error _Parser.error has reported
+        return exc.code
+    try:
+        return args.command(args)
+    # ImportError: --progress without rich.
+    except (ValueError, TypeError, OSError, ImportError) as exc:
+        _report_error(exc)
+        return EXIT_ERROR
+    except KeyboardInterrupt:  # fit saves its own progress first; nothing else has any
+        _report("interrupted.")
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as the commands' own errors are."""
+
+    def error(self, message):
+        _report_error(message)
+        self.exit(EXIT_ERROR)
+
+
+def _report_error(message):
+    # Messages from numpy or the estimator can span lines: the report is one.
+    _report("error: " + " ".join(str(message).split()))
+
+
+def _report(message):
+    print("sksae:", message, file=sys.stderr)
+
+
+def _build_parser():
+    parser = _Parser(
+        prog="sksae",
+        description="Train, evaluate and export sparse autoencoders on activations on disk.",
+    )
+    commands = parser.add_subparsers(metavar="command", required=True)
+    data_help = (
+        "a .npy file, a .npz or .safetensors file of one or several 2-D arrays (shards), "
+        "or a directory of such files"
+    )
+
+    fit = commands.add_parser(
+        "fit",
+        help="train a SparseAutoencoderTransformer and save it",
+        description="Train a SparseAutoencoderTransformer on DATA and save it with "
+        "sksae.save. One array trains with fit; several shards with partial_fit, one shard "
+        "at a time, --max-iter passes over them with a constant learning rate, the model "
+        "saved after each pass.",
+    )
+    fit.add_argument("data", metavar="DATA", help=data_help)
+    fit.add_argument(
+        "-o",
+        "--output",
+        dest="model_dir",
+        metavar="MODEL_DIR",
+        required=True,
+        help="directory to save the model in",
+    )
+    fit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue training the model in MODEL_DIR; the estimator options given "
+        "replace its parameters",
+    )
+    fit.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="N",
+        help="save the model to MODEL_DIR every N epochs (default: at the end; with "
+        "shards, after every pass)",
+    )
+    fit.add_argument("--progress", action="store_true", help="show a progress bar (rich)")
+    _add_estimator_options(fit)
+    fit.set_defaults(command=_fit_command)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="print FVU, L0 and feature density of a saved model on data",
+        description="Print the fraction of variance unexplained, the mean number of active "
+        "latents (L0), the fraction of dead latents and quantiles of the density of the "
+        "live ones, of the model in MODEL_DIR on DATA.",
+    )
+    evaluate.add_argument("model_dir", metavar="MODEL_DIR", help="a model saved by fit")
+    evaluate.add_argument("data", metavar="DATA", help=data_help)
+    evaluate.set_defaults(command=_evaluate_command)
+
+    export_parser = commands.add_parser(
+        "export",
+        help="write a saved model in another library's format",
+        description="Write the model in MODEL_DIR in another library's format (sksae.export).",
+    )
+    export_parser.add_argument("model_dir", metavar="MODEL_DIR", help="a model saved by fit")
+    export_parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="directory to write"
+    )
+    export_parser.add_argument(
+        "--format", default="sparsify", help="checkpoint format (default: sparsify)"
+    )
+    export_parser.set_defaults(command=_export_command)
+    return parser
+
+
+def _add_estimator_options(parser):
+    """One option per entry of :data:`FIT_PARAMETERS`, ``--n-components`` for
+    ``n_components``. An option not given is absent from the parsed arguments, so that
+    the estimator's default applies, or with ``--resume`` the saved model's value."""
+    group = parser.add_argument_group(
+        "estimator parameters",
+        "As in SparseAutoencoderTransformer ('none' stands for None).",
+    )
+    defaults = SparseAutoencoderTransformer().get_params()
+    for name, (kind, text) in FIT_PARAMETERS.items():
+        option = "--" + name.replace("_", "-")
+        help_text = f"{text} (default: {_shown(defaults[name])})"
+        if kind is bool:
+            group.add_argument(
+                option,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                option,
+                type=kind,
+                default=argparse.SUPPRESS,
+                metavar=_metavar(name),
+                help=help_text,
+            )
+
+
+def _metavar(name):
+    """``{a,b}`` for a parameter the estimator restricts to strings, else its name."""
+    constraints = SparseAutoencoderTransformer._parameter_constraints[name]
+    options = [
+        option
+        for constraint in constraints
+        if isinstance(constraint, StrOptions)
+        for option in sorted(constraint.options)
+    ]
+    if not options:
+        return name.upper()
+    if None in constraints:
+        options.append("none")
+    return "{" + ",".join(options) + "}"
+
+
+def _shown(value):
+    return "none" if value is None else value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class _Shard(NamedTuple):
+    """One array of DATA: a name for messages and a function that reads it."""
+
+    label: str
+    read: Callable[[], np.ndarray]
+
+
+def _shards(path):
+    """The shards of DATA, unread: one per array of each file, files in name order.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A ``.npy``, ``.npz`` or ``.safetensors`` file, or a directory of them.
+
+    Returns
+    -------
+    shards : list of _Shard
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(
+            file for file in path.iterdir() if file.suffix in _READERS and file.is_file()
+        )
+        if not files:
+            raise ValueError(f"{path} holds no {', '.join(_READERS)} file.")
+    elif not path.exists():
+        raise ValueError(f"{path} does not exist.")
+    elif path.suffix not in _READERS:
+        raise ValueError(f"{path} is not a {', '.join(_READERS)} file or a directory of them.")
+    else:
+        files = [path]
+    shards = [shard for file in files for shard in _READERS[file.suffix](file)]
+    if not shards:
+        raise ValueError(f"{path} holds no arrays.")
+    return shards
+
+
+def _numpy_shards(file):
+    """The arrays of a ``.npy`` file (a memory map) or a ``.npz`` archive (read one by
+    one). ``np.load`` tells the two apart by their contents, not their names."""
+    loaded = np.load(file, mmap_mode="r")
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        return [_Shard(str(file), partial(np.load, file, mmap_mode="r"))]
+    with loaded:
+        names = loaded.files
+    return [_Shard(f"{file}[{name}]", partial(_npz_member, file, name)) for name in names]
+
+
+def _npz_member(file, name):
+    with np.load(file) as archive:
+        return archive[name]
+
+
+def _safetensors_shards(file):
+    """The arrays of a safetensors file, each read through a memory map.
+
+    Not ``sksae._persistence._read_safetensors``, which reads the whole file into
+    memory: activations can outgrow memory, and a memory map streams like a ``.npy``
+    file.
+    """
+    with open(file, "rb") as f:
+        header_length = int.from_bytes(f.read(8), "little")
+        if header_length > MAX_HEADER_BYTES:
+            raise ValueError(f"{file} is not a safetensors file: its header is too long.")
+        try:
+            header = json.loads(f.read(header_length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{file} is not a safetensors file: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ValueError(f"{file} is not a safetensors file: its header is not an object.")
+    header.pop("__metadata__", None)
+    return [
+        _Shard(f"{file}[{name}]", partial(_safetensors_array, file, name, 8 + header_length, entry))
+        for name, entry in header.items()
+    ]
+
+
+def _safetensors_array(file, name, data_start, entry):
+    label = f"{file}[{name}]"
+    try:
+        dtype = DTYPES[entry["dtype"]]
+        shape = tuple(int(size) for size in entry["shape"])
+        start, stop = (int(offset) for offset in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{label} has a malformed or unsupported entry: {exc!r}") from exc
+    if stop - start != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"{label} has {stop - start} bytes for the shape {shape}.")
+    array = np.memmap(
+        file, dtype=dtype.newbyteorder("<"), mode="r", offset=data_start + start, shape=shape
+    )
+    if entry["dtype"] == "BF16":
+        # numpy has no bfloat16: its bits are the top half of a float32's.
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array
+
+
+#: File suffix -> function listing the shards of such a file.
+_READERS = {".npy": _numpy_shards, ".npz": _numpy_shards, ".safetensors": _safetensors_shards}
+
+
+def _arrays(shards, n_features=None):
+    """Read the shards one at a time, each checked to be 2-D with ``n_features`` columns
+    (by default those of the first).
+
+    Half-precision shards become float32: the estimator would otherwise widen them to
+    float64, which doubles memory for precision the data never had.
+    """
+    for shard in shards:
+        X = shard.read()
+        if X.ndim != 2:
+            raise ValueError(
+                f"{shard.label} holds an array of shape {X.shape}; sksae needs 2-D arrays "
+                "of shape (n_samples, n_features)."
+            )
+        if n_features is None:
+            n_features = X.shape[1]
+        elif X.shape[1] != n_features:
+            raise ValueError(
+                f"{shard.label} has {X.shape[1]} features, but the model and the other "
+                f"shards have {n_features}."
+            )
+        yield X.astype(np.float32) if X.dtype == np.float16 else X
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+def _fit_command(args):
+    params = {name: getattr(args, name) for name in FIT_PARAMETERS if hasattr(args, name)}
+    model_dir = Path(args.model_dir)
+    if args.resume:
+        # warm_start: fit continues the saved model (partial_fit always does).
+        model = load(model_dir).set_params(**params, warm_start=True)
+    elif (model_dir / CONFIG_FILE).exists():
+        raise ValueError(
+            f"{model_dir} already holds a model: pass --resume to train it further, or "
+            "choose another directory."
+        )
+    else:
+        model = SparseAutoencoderTransformer(**params)
+    # Checked before reading any data: fit first scans all of it, a long wait for an error.
+    model._validate_params()
+    model._check_sparsifier_params()
+    shards = _shards(args.data)
+    try:
+        if len(shards) == 1:
+            _fit_array(model, shards, args)
+        else:
+            _fit_shards(model, shards, args)
+    except KeyboardInterrupt:
+        return _save_interrupted(model, model_dir)
+    save(model, model_dir)
+    loss = model.loss_curve_[-1]
+    print(f"Saved the model to {model_dir} (n_iter_={model.n_iter_}, loss {loss:.5g}).")
+    return 0
+
+
+def _fit_array(model, shards, args):
+    """``fit`` on the one array, with the callbacks the options ask for."""
+    (X,) = _arrays(shards, getattr(model, "n_features_in_", None))
+    callbacks = []
+    if args.progress:
+        callbacks.append(ProgressBar())
+    if args.checkpoint_every:
+        # A callback rather than fits of N epochs with warm_start: each fit plans its own
+        # learning-rate decay and plateau detection, so slices would train another model
+        # than one fit, which the callback checkpoints without changing it.
+        callbacks.append(_Checkpoint(args.model_dir, args.checkpoint_every))
+    model.set_callbacks(*callbacks)
+    model.fit(X)
+
+
+def _fit_shards(model, shards, args):
+    """``partial_fit`` on each shard in turn, ``max_iter`` passes, saving every
+    ``--checkpoint-every`` passes (by default every pass)."""
+    if model.early_stopping:
+        raise ValueError(
+            "--early-stopping needs DATA to be one array: shards train with partial_fit, "
+            "which holds no data out."
+        )
+    every = args.checkpoint_every or 1
+    # partial_fit has no callbacks: the bar counts shards. The shards of the first pass set
+    # the features that the following ones must have.
+    steps = (
+        (epoch, index, X)
+        for epoch in range(model.max_iter)
+        for index, X in enumerate(_arrays(shards, getattr(model, "n_features_in_", None)))
+    )
+    if args.progress:
+        # Imported here: rich is optional, needed only for progress bars.
+        from rich.progress import track
+
+        steps = track(steps, total=model.max_iter * len(shards), description="partial_fit")
+    for epoch, index, X in steps:
+        model.partial_fit(X)
+        if index == len(shards) - 1 and (epoch + 1) % every == 0:
+            save(model, args.model_dir)
+
+
+class _Checkpoint:
+    """Fit callback that saves the model every ``every`` epochs.
+
+    It follows scikit-learn's ``FitCallback`` protocol: at the end of each epoch the
+    estimator hands it ``fitted_estimator``, a copy in the state of that epoch.
+
+    Parameters
+    ----------
+    directory : str or os.PathLike
+        Where :func:`sksae.save` writes the model.
+    every : int
+        Save when the model's ``n_iter_`` is a multiple of it, so that a resumed fit
+        keeps the rhythm of the first.
+    """
+
+    def __init__(self, directory, every):
+        self.directory = directory
+        self.every = every
+
+    def setup(self, estimator, context):
+        """Nothing to prepare."""
+
+    def on_fit_task_begin(self, estimator, context):
+        """Nothing to do before an epoch."""
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None):
+        """Save ``fitted_estimator`` at the end of every ``every``-th epoch."""
+        # The epochs are the subtasks of the fit; the command saves the fit's own end.
+        if context.parent is not None and fitted_estimator.n_iter_ % self.every == 0:
+            save(fitted_estimator, self.directory)
+
+    def teardown(self, estimator, context):
+        """Nothing to release."""
+
+
+def _save_interrupted(model, model_dir):
+    """Save what an interrupted training left: ``fit`` restores its last completed epoch,
+    ``partial_fit`` the state before the interrupted shard."""
+    if not hasattr(model, "components_"):
+        _report("interrupted before the first epoch ended; nothing to save.")
+        return EXIT_INTERRUPTED
+    save(model, model_dir)
+    _report(
+        f"interrupted; saved the model of the last completed epoch or shard "
+        f"(n_iter_={model.n_iter_}) to {model_dir}."
+    )
+    return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def _evaluate_command(args):
+    model = load(args.model_dir)
+    print(_format_evaluation(_evaluate(model, _shards(args.data))))
+    return 0
+
+
+def _evaluate(model, shards):
+    """Reconstruction and sparsity of ``model`` on the shards, in bounded memory.
+
+    Each chunk of rows is encoded into sparse codes (``sparse_output``) and decoded;
+    only running sums outlive it: the squared error, the sum of squared deviations from
+    the mean (merged across chunks as Chan et al. do, which keeps float64's precision),
+    and how often each latent fired.
+
+    Parameters
+    ----------
+    model : SparseAutoencoderTransformer
+        A fitted model.
+    shards : list of _Shard
+        The data, from :func:`_shards`.
+
+    Returns
+    -------
+    evaluation : dict
+        ``n_samples``, ``fvu``, ``l0``, ``dead_fraction`` (as :mod:`sksae.metrics`
+        computes them on all the data at once), ``n_dead``, ``n_latents`` and ``density``,
+        the quantiles :data:`DENSITY_QUANTILES` of the density of the live latents (NaN
+        when every latent is dead).
+    """
+    model.set_params(sparse_output=True)
+    n_latents = model.components_.shape[0]
+    fired = np.zeros(n_latents, dtype=np.int64)
+    n_samples, mean, deviation, residual = 0, np.zeros(model.n_features_in_), 0.0, 0.0
+    for X in _arrays(shards, model.n_features_in_):
+        chunk_rows = rows_per_chunk(X.shape[1], EVALUATE_CHUNK_VALUES)
+        for start in range(0, X.shape[0], chunk_rows):
+            chunk = np.asarray(X[start : start + chunk_rows])
+            codes = model.transform(chunk)
+            fired += np.bincount(codes.indices[codes.data != 0], minlength=n_latents)
+            chunk = chunk.astype(np.float64)
+            residual += np.square(chunk - model.inverse_transform(codes)).sum()
+            chunk_mean = chunk.mean(axis=0)
+            delta, total = chunk_mean - mean, n_samples + len(chunk)
+            deviation += np.square(chunk - chunk_mean).sum()
+            deviation += delta @ delta * n_samples * len(chunk) / total
+            mean += delta * len(chunk) / total
+            n_samples = total
+    if n_samples == 0:
+        raise ValueError("DATA holds no samples.")
+    density = fired / n_samples
+    live = density[density > 0]
+    with np.errstate(divide="ignore", invalid="ignore"):  # constant data: as metrics.fvu
+        fvu = float(np.float64(residual) / deviation)
+    return {
+        "n_samples": n_samples,
+        "fvu": fvu,
+        "l0": float(fired.sum() / n_samples),
+        "dead_fraction": float(np.mean(density == 0)),
+        "n_dead": int(np.sum(density == 0)),
+        "n_latents": n_latents,
+        "density": {
+            name: float(np.quantile(live, q)) if live.size else math.nan
+            for name, q in DENSITY_QUANTILES.items()
+        },
+    }
+
+
+def _format_evaluation(evaluation):
+    density = "  ".join(f"{name} {value:.4g}" for name, value in evaluation["density"].items())
+    return "\n".join(
+        [
+            f"samples        {evaluation['n_samples']}",
+            f"FVU            {evaluation['fvu']:.6g}",
+            f"L0             {evaluation['l0']:.6g}",
+            f"dead fraction  {evaluation['dead_fraction']:.6g} "
+            f"({evaluation['n_dead']} of {evaluation['n_latents']} latents)",
+            f"live density   {density}",
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _export_command(args):
+    export(load(args.model_dir), args.output, format=args.format)
+    print(f"Wrote the model in {args.format}'s format to {args.output}.")
+    return 0

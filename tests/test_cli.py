@@ -1,0 +1,227 @@
+"""The ``sksae`` command line (sksae/_cli.py), run in-process through ``main`` but once."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sksae
+from sksae import _cli, metrics
+from sksae._cli import main
+from sksae.datasets import make_sparse_superposition
+
+#: A small model that reaches a good score in a few epochs of 32 steps.
+SMALL = ["--n-components", "64", "--k", "3", "--batch-size", "64", "--random-state", "0"]
+
+
+@pytest.fixture(scope="module")
+def X():
+    return make_sparse_superposition(
+        n_samples=2000, n_features=16, n_sources=32, n_active=3, random_state=0
+    ).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data(X, tmp_path_factory):
+    """The same data as DATA in each format: format name -> path."""
+    root = tmp_path_factory.mktemp("data")
+    shards = np.array_split(X, 3)
+    np.save(root / "acts.npy", X)
+    np.savez(root / "shards.npz", *shards)
+    (root / "shards").mkdir()
+    for i, shard in enumerate(shards):
+        np.save(root / "shards" / f"{i:02d}.npy", shard)
+    paths = {"npy": root / "acts.npy", "npz": root / "shards.npz", "directory": root / "shards"}
+    try:
+        from safetensors.numpy import save_file
+    except ImportError:
+        return paths
+    save_file({"acts": X}, root / "acts.safetensors")
+    save_file({f"shard{i}": shard for i, shard in enumerate(shards)}, root / "shards.safetensors")
+    return {
+        **paths,
+        "safetensors": root / "acts.safetensors",
+        "safetensors_shards": root / "shards.safetensors",
+    }
+
+
+@pytest.fixture(scope="module")
+def model_dir(data, tmp_path_factory):
+    """A model trained by the command line for 3 epochs on the .npy file."""
+    directory = tmp_path_factory.mktemp("models") / "sae"
+    assert main(["fit", str(data["npy"]), "-o", str(directory), "--max-iter", "3", *SMALL]) == 0
+    return directory
+
+
+@pytest.mark.parametrize(
+    "source, n_iter, options",
+    [
+        ("npy", 2, []),
+        ("safetensors", 2, []),
+        ("npz", 6, []),  # 2 passes over 3 shards, one partial_fit each
+        ("safetensors_shards", 6, []),
+        ("directory", 6, ["--progress"]),
+    ],
+)
+def test_fit_each_format(data, X, tmp_path, source, n_iter, options):
+    if source not in data:
+        pytest.skip("safetensors is not installed")
+    out = tmp_path / "sae"
+    argv = ["fit", str(data[source]), "-o", str(out), "--max-iter", "2", *SMALL, *options]
+    assert main(argv) == 0
+    model = sksae.load(out)
+    assert (model.n_components, model.k, model.n_iter_) == (64, 3, n_iter)
+    assert model.score(X) > 0.5
+
+
+def test_fit_memory_maps_a_npy_file(data, tmp_path, monkeypatch):
+    """The estimator gets the memory map itself, which it streams batch by batch."""
+    fit, seen = sksae.SparseAutoencoderTransformer.fit, []
+    monkeypatch.setattr(
+        sksae.SparseAutoencoderTransformer, "fit", lambda self, X: fit(self, seen.append(X) or X)
+    )
+    assert main(["fit", str(data["npy"]), "-o", str(tmp_path), "--max-iter", "1", *SMALL]) == 0
+    assert isinstance(seen[0], np.memmap)
+
+
+def test_evaluate_streams_and_matches_metrics(model_dir, data, X, capsys, monkeypatch):
+    # Chunks of 100 rows: several per shard, and none aligned with the shards.
+    monkeypatch.setattr(_cli, "EVALUATE_CHUNK_VALUES", 100 * X.shape[1])
+    assert main(["evaluate", str(model_dir), str(data["directory"])]) == 0
+    out = capsys.readouterr().out
+
+    model = sksae.load(model_dir)
+    codes = model.transform(X)
+    density = (codes != 0).mean(axis=0)
+    expected = {
+        "samples": len(X),
+        "FVU": metrics.fvu(X, model.inverse_transform(codes)),
+        "L0": metrics.l0(codes),
+        "dead fraction": metrics.dead_fraction(codes),
+    }
+    for name, value in expected.items():
+        printed = float(re.search(rf"^{name}\s+(\S+)", out, re.MULTILINE).group(1))
+        assert printed == pytest.approx(value, rel=1e-5), name
+    assert f"({np.sum(density == 0)} of 64 latents)" in out
+    median = float(re.search(r"median (\S+)", out).group(1))
+    assert median == pytest.approx(np.median(density[density > 0]), rel=1e-3)
+
+    evaluation = _cli._evaluate(model, _cli._shards(data["directory"]))
+    assert evaluation["fvu"] == pytest.approx(expected["FVU"], rel=1e-9)
+    assert evaluation["l0"] == expected["L0"]
+    assert evaluation["dead_fraction"] == expected["dead fraction"]
+
+
+def test_resume_continues_the_saved_model(model_dir, data, tmp_path):
+    out = tmp_path / "sae"
+    shutil.copytree(model_dir, out)
+    before = sksae.load(out)
+    assert main(["fit", str(data["npy"]), "-o", str(out), "--resume", "--max-iter", "2"]) == 0
+    after = sksae.load(out)
+    # The saved parameters hold but for those given; the history goes on.
+    assert (after.n_components, after.k, after.max_iter) == (64, 3, 2)
+    assert after.n_iter_ == before.n_iter_ + 2
+    assert after.loss_curve_[: before.n_iter_] == before.loss_curve_
+
+
+@pytest.mark.parametrize(
+    "source, max_iter, options, saved",
+    [
+        ("npy", 3, ["--checkpoint-every", "2"], [2, 3]),  # epoch 2, then the end
+        ("directory", 3, ["--checkpoint-every", "2"], [6, 9]),  # pass 2, then the end
+        ("npz", 2, [], [3, 6, 6]),  # shards: every pass by default
+    ],
+)
+def test_checkpoints_are_loadable(data, tmp_path, monkeypatch, source, max_iter, options, saved):
+    out = tmp_path / "sae"
+    loaded = []
+
+    def save_and_reload(model, directory):
+        sksae.save(model, directory)
+        loaded.append(sksae.load(directory).n_iter_)
+
+    monkeypatch.setattr(_cli, "save", save_and_reload)
+    argv = ["fit", str(data[source]), "-o", str(out), "--max-iter", str(max_iter), *SMALL]
+    assert main([*argv, *options]) == 0
+    assert loaded == saved
+
+
+@pytest.mark.parametrize("source", ["npy", "directory"])
+def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, capsys, source):
+    """Ctrl-C in the third pass (an epoch of fit, a shard of partial_fit)."""
+    train_pass = sksae.SparseAutoencoderTransformer._train_pass
+    calls = []
+
+    def interrupted_third(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_pass(self, *args, **kwargs)
+
+    monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted_third)
+    out = tmp_path / "sae"
+    assert main(["fit", str(data[source]), "-o", str(out), "--max-iter", "5", *SMALL]) == 130
+    assert sksae.load(out).n_iter_ == 2
+    assert "interrupted; saved" in capsys.readouterr().err
+
+
+def test_export_writes_sparsify(model_dir, X, tmp_path):
+    out = tmp_path / "sparsify"
+    assert main(["export", str(model_dir), "-o", str(out), "--format", "sparsify"]) == 0
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert (cfg["num_latents"], cfg["k"], cfg["d_in"]) == (64, 3, 16)
+    assert (out / "sae.safetensors").is_file()
+    exported = sksae.load_external(out, "sparsify")
+    np.testing.assert_array_equal(exported.transform(X), sksae.load(model_dir).transform(X))
+
+
+@pytest.fixture
+def bad_data(X, tmp_path):
+    np.save(tmp_path / "flat.npy", X[:, 0])
+    np.save(tmp_path / "narrow.npy", X[:, :8])
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["fit", "{tmp}/missing.npy", "-o", "{tmp}/sae"], "missing.npy does not exist"),
+        (["fit", "{tmp}/flat.npy", "-o", "{tmp}/sae"], "shape (2000,)"),
+        (["fit", "{npy}", "-o", "{tmp}/sae", "--n-components", "4", "--k", "8"], "k=8"),
+        (["fit", "{npy}", "-o", "{tmp}/sae", "--activation", "softmax"], "'activation'"),
+        (["fit", "{npy}", "-o", "{tmp}/sae", "--max-iter", "many"], "--max-iter"),
+        (["fit", "{npy}", "-o", "{model}"], "already holds a model"),
+        (["fit", "{directory}", "-o", "{tmp}/sae", "--early-stopping"], "--early-stopping"),
+        (["evaluate", "{tmp}", "{npy}"], "config.json"),
+        (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
+        (["export", "{model}", "-o", "{tmp}/out", "--format", "onnx"], "format='onnx'"),
+        (["train", "{npy}"], "invalid choice: 'train'"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(argv, problem, bad_data, data, model_dir, capsys):
+    paths = {"tmp": bad_data, "model": model_dir, **data}
+    assert main([arg.format(**paths) for arg in argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("sksae: error: ") and err.count("\n") == 1
+    assert problem in err
+
+
+def test_python_m_sksae(data, tmp_path):
+    out = tmp_path / "sae"
+    command = [sys.executable, "-m", "sksae", "fit", str(data["npy"]), "-o", str(out)]
+    result = subprocess.run(
+        [*command, "--max-iter", "2", "--checkpoint-every", "1", "--progress", *SMALL],
+        cwd=Path(sksae.__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Saved the model" in result.stdout
+    assert sksae.load(out).n_iter_ == 2
