@@ -41,7 +41,14 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._external import export
 from ._nn.batches import rows_per_chunk
-from ._persistence import CONFIG_FILE, DTYPES, MAX_HEADER_BYTES, load, save
+from ._persistence import (
+    CONFIG_FILE,
+    MAX_HEADER_BYTES,
+    _decoded,
+    _entry_layout,
+    load,
+    save,
+)
 from ._transformer import SparseAutoencoderTransformer
 
 __all__ = ["main"]
@@ -365,22 +372,12 @@ def _safetensors_shards(file):
 
 
 def _safetensors_array(file, name, data_start, entry):
-    label = f"{file}[{name}]"
     try:
-        dtype = DTYPES[entry["dtype"]]
-        shape = tuple(int(size) for size in entry["shape"])
-        start, stop = (int(offset) for offset in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{label} has a malformed or unsupported entry: {exc!r}") from exc
-    if stop - start != math.prod(shape) * dtype.itemsize:
-        raise ValueError(f"{label} has {stop - start} bytes for the shape {shape}.")
-    array = np.memmap(
-        file, dtype=dtype.newbyteorder("<"), mode="r", offset=data_start + start, shape=shape
-    )
-    if entry["dtype"] == "BF16":
-        # numpy has no bfloat16: its bits are the top half of a float32's.
-        return (array.astype(np.uint32) << 16).view(np.float32)
-    return array
+        dtype, shape, start, _ = _entry_layout(entry)
+    except ValueError as exc:
+        raise ValueError(f"{file}[{name}] {exc}.") from exc
+    array = np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
+    return _decoded(array, entry["dtype"])
 
 
 #: File suffix -> function listing the shards of such a file.

@@ -366,19 +366,12 @@ def _read_safetensors_with_metadata(path, sha256=None):
     tensors, covered = {}, []
     for name, entry in header.items():
         try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(size) for size in entry["shape"])
-            start, stop = (int(offset) for offset in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise invalid(f"entry {name!r} is malformed ({exc!r})") from exc
-        if any(size < 0 for size in shape) or not 0 <= start <= stop <= len(buffer):
-            raise invalid(f"entry {name!r} has a negative size or lies outside the data")
-        if stop - start != math.prod(shape) * dtype.itemsize:
-            raise invalid(f"entry {name!r} has {stop - start} bytes for shape {shape}")
-        array = np.frombuffer(buffer[start:stop], dtype=dtype.newbyteorder("<"))
-        if entry["dtype"] == "BF16":
-            # numpy has no bfloat16: its bits are the top half of a float32's.
-            array = (array.astype(np.uint32) << 16).view(np.float32)
+            dtype, shape, start, stop = _entry_layout(entry)
+        except ValueError as exc:
+            raise invalid(f"entry {name!r} {exc}") from exc
+        if stop > len(buffer):
+            raise invalid(f"entry {name!r} lies outside the data")
+        array = _decoded(np.frombuffer(buffer[start:stop], dtype=dtype), entry["dtype"])
         tensors[name] = array.astype(array.dtype.newbyteorder("=")).reshape(shape)
         covered.append((start, stop))
     position = 0
@@ -389,3 +382,27 @@ def _read_safetensors_with_metadata(path, sha256=None):
     if position != len(buffer):
         raise invalid("its data is longer than its entries")
     return tensors, metadata
+
+
+def _entry_layout(entry):
+    """``(dtype, shape, start, stop)`` of a safetensors header entry, the dtype
+    little-endian; a ``ValueError`` (its message a predicate) when it is malformed."""
+    try:
+        dtype = DTYPES[entry["dtype"]].newbyteorder("<")
+        shape = tuple(int(size) for size in entry["shape"])
+        start, stop = (int(offset) for offset in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"is malformed ({exc!r})") from exc
+    if any(size < 0 for size in shape) or not 0 <= start <= stop:
+        raise ValueError("has a negative size or lies outside the data")
+    if stop - start != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"has {stop - start} bytes for shape {shape}")
+    return dtype, shape, start, stop
+
+
+def _decoded(array, code):
+    """The values of an array read as stored: bfloat16 (``"BF16"``) becomes float32."""
+    if code == "BF16":
+        # numpy has no bfloat16: its bits are the top half of a float32's.
+        return (array.astype(np.uint32) << 16).view(np.float32)
+    return array
