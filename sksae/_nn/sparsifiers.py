@@ -237,7 +237,7 @@ class _JumpReLUFunction(torch.autograd.Function):
         ctx.bandwidth = bandwidth
         # An unused output (the penalty of an unpenalised fit) gets None, not zeros.
         ctx.set_materialize_grads(False)
-        n_active = _count_true(active, dim=None)
+        n_active = count_true(active, dim=None)
         return pre * active, (n_active / pre.shape[0]).to(pre.dtype)
 
     @staticmethod
@@ -252,12 +252,12 @@ class _JumpReLUFunction(torch.autograd.Function):
             in_window = torch.where(window, grad_values, 0).sum(dim=0)
             grad_threshold -= (threshold / bandwidth) * in_window
         if grad_l0 is not None:
-            n_in_window = _count_true(window, dim=0).to(threshold.dtype)
+            n_in_window = count_true(window, dim=0).to(threshold.dtype)
             grad_threshold -= grad_l0 / (pre.shape[0] * bandwidth) * n_in_window
         return grad_pre, grad_threshold, None
 
 
-def _count_true(mask, dim):
+def count_true(mask, dim):
     """Number of true entries of a boolean tensor (along ``dim``, or in all).
 
     A byte view sums without the int64 copy of the whole mask that ``sum`` makes.

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .batches import rows_per_chunk
-from .sparsifiers import Code
+from .sparsifiers import Code, count_true
 
 #: An epoch's mean loss above this multiple of the reference loss (the loss of the
 #: all-zero code plus the mean squared norm of the data) means the fit is running away: a
@@ -304,8 +304,7 @@ def _firings(code, n_latents, dtype):
     """How many rows of the batch each latent fired on (no host sync)."""
     active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
-        # A byte view sums without the int64 copy that count_nonzero makes.
-        return active.view(torch.uint8).sum(dim=0, dtype=torch.int32).to(dtype)
+        return count_true(active, dim=0).to(dtype)
     active = active.to(dtype)
     return torch.zeros(n_latents, dtype=dtype, device=active.device).index_add_(
         0, code.indices.flatten(), active.flatten()
