@@ -2,8 +2,9 @@
 
 ``pre = W_enc (x - b_dec) + b_enc``, ``h = sparsifier(pre)``, ``x_hat = W_dec^T h + b_dec``.
 Both weight matrices are stored ``[n_latents, n_features]``: decoder rows are the
-dictionary atoms, and a contiguous decoder lets ``embedding_bag`` gather the ``k`` rows a
-TopK code selects without touching the others.
+dictionary atoms. A TopK code of ``k`` latents per row is a CSR matrix ``S``
+``[batch, n_latents]``, and every product with it (``S @ W_dec`` forward, ``S^T @ grad``
+and the code's gradient backward) touches only the rows it selects.
 """
 
 import warnings
@@ -129,7 +130,7 @@ class SparseAutoencoder(torch.nn.Module):
         if code.indices is None:
             return code.values @ self.W_dec
         # Only the k chosen decoder rows are read (and receive gradient).
-        return F.embedding_bag(code.indices, self.W_dec, per_sample_weights=code.values, mode="sum")
+        return _SparseRowsProduct.apply(code.values, code.indices, self.W_dec)
 
     def forward(self, x):
         """Training pass: ``(x_hat, code)``."""
@@ -158,6 +159,50 @@ class SparseAutoencoder(torch.nn.Module):
             grad -= (grad * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec
 
 
+def _code_matrix(values, indices, n_latents):
+    """The code of ``values`` at ``indices`` (``[batch, k]`` each) as a CSR matrix."""
+    n_rows, k = indices.shape
+    row_starts = torch.arange(0, n_rows * k + 1, k, device=indices.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
+        return torch.sparse_csr_tensor(
+            row_starts,
+            indices.flatten(),
+            values.flatten(),
+            (n_rows, n_latents),
+            check_invariants=False,
+        )
+
+
+class _SparseRowsProduct(torch.autograd.Function):
+    """``S @ weight`` for the CSR matrix ``S`` of ``values`` at ``indices``.
+
+    The sparse products are about twice as fast as an ``embedding_bag`` forward and
+    backward, on the CPU and much more on a GPU at wide inputs: the weight's gradient
+    is ``S^T @ grad`` and the values' gradient the entries of ``grad @ weight^T`` at S's
+    pattern (a sampled product), each touching the selected rows alone.
+    """
+
+    @staticmethod
+    def forward(ctx, values, indices, weight):
+        ctx.save_for_backward(values, indices, weight)
+        return _code_matrix(values, indices, weight.shape[0]) @ weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, indices, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # a loss's sum passes an expanded, zero-stride gradient
+        grad_values = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            pattern = _code_matrix(torch.zeros_like(values), indices, weight.shape[0])
+            sampled = torch.sparse.sampled_addmm(pattern, grad, weight.T, beta=0)
+            grad_values = sampled.values().view_as(values)
+        if ctx.needs_input_grad[2]:
+            grad_weight = _code_matrix(values, indices, weight.shape[0]).t() @ grad
+        return grad_values, None, grad_weight
+
+
 class _SelectedLinear(torch.autograd.Function):
     """Entries ``indices`` of the rows of ``pre = x @ weight^T + bias``, already computed.
 
@@ -165,7 +210,7 @@ class _SelectedLinear(torch.autograd.Function):
     ``[batch, n_latents]`` matrix of their gradients, the weight gradient is ``S^T @ x``
     (a CSR product, about ten times faster on the CPU than ``index_add_`` over the
     ``batch * k`` rows), the bias gradient a scatter-add of ``S``, and the input gradient
-    ``S @ weight`` (an ``embedding_bag``).
+    ``S @ weight``.
     """
 
     @staticmethod
@@ -177,26 +222,17 @@ class _SelectedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, indices = ctx.saved_tensors
-        n_rows, k = indices.shape
         grad = grad.contiguous()
-        flat_indices, flat_grad = indices.flatten(), grad.flatten()
+        selection = _code_matrix(grad, indices, weight.shape[0])
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
+            grad_x = selection @ weight
         if ctx.needs_input_grad[1]:
-            row_starts = torch.arange(0, n_rows * k + 1, k, device=grad.device)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-                selection = torch.sparse_csr_tensor(
-                    row_starts,
-                    flat_indices,
-                    flat_grad,
-                    (n_rows, weight.shape[0]),
-                    check_invariants=False,
-                )
             grad_weight = selection.t() @ x
         if ctx.needs_input_grad[2]:
-            grad_bias = grad.new_zeros(weight.shape[0]).index_add_(0, flat_indices, flat_grad)
+            grad_bias = grad.new_zeros(weight.shape[0]).index_add_(
+                0, indices.flatten(), grad.flatten()
+            )
         return grad_x, grad_weight, grad_bias, None, None
 
 
