@@ -31,7 +31,15 @@ from ._nn.batches import (
 )
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
-from ._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fvu
+from ._nn.training import (
+    AuxK,
+    HostSnapshot,
+    Schedule,
+    Trainer,
+    TrainingDiverged,
+    evaluate_fvu,
+    tree_map,
+)
 
 #: Input dtypes kept as they are (any other numeric type becomes float64).
 _FLOAT_DTYPES = [np.float64, np.float32]
@@ -205,13 +213,13 @@ class SparseAutoencoderTransformer(
         whatever the device, so a model fitted on a GPU loads on any machine.
 
     autocast_dtype : {"bfloat16"} or None, default=None
-        Train the encoder's matrix product (forward and backward) in this lower
-        precision, with the weights, the optimiser and everything else in the dtype of
-        the data (float32; float64 data is never cast). With ``"topk"`` the selection
-        of the ``k`` latents reads the low-precision pre-activations, the kept values
-        are cast back up. Worth it where the hardware multiplies bfloat16 fast: recent
-        GPUs, and CPUs with AVX-512 BF16 or AMX. ``transform`` always encodes in the
-        model's dtype.
+        Train the encoder's matrix product, and the decoder's where the code is dense
+        (forward and backward), in this lower precision, with the weights, the
+        optimiser and everything else in the dtype of the data (float32; float64 data
+        is never cast). With ``"topk"`` the selection of the ``k`` latents reads the
+        low-precision pre-activations, the kept values are cast back up. Worth it
+        where the hardware multiplies bfloat16 fast: recent GPUs, and CPUs with
+        AVX-512 BF16 or AMX. ``transform`` always encodes in the model's dtype.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation and the shuffling through a private
@@ -495,7 +503,9 @@ class SparseAutoencoderTransformer(
         fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
         losses, n_iter = list(history[0]), history[1]
-        validation_scores, best_model, last_epoch = [], None, None
+        validation_scores, last_epoch, best_stats = [], None, None
+        # Host copies of the latest epoch's state and of the best-validated one.
+        snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
         for epoch in range(self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
@@ -505,7 +515,7 @@ class SparseAutoencoderTransformer(
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
-                self.__dict__.update(last_epoch)
+                self.__dict__.update(last_epoch())
                 fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
                 return True
             losses.append(stats.loss)
@@ -515,16 +525,24 @@ class SparseAutoencoderTransformer(
                 monitored = evaluate_fvu(trainer.model, X_val_rows)
                 validation_scores.append(1.0 - monitored)
                 if validation_scores[-1] == max(validation_scores):
-                    best_model = self._model_attributes(trainer, stats, scale)
+                    best.capture(trainer)
+                    best_stats = stats
             if self.verbose:
                 self._print_epoch(epoch, stats, validation_scores)
+            snapshot.capture(trainer)
+            last_epoch = partial(
+                self._epoch_attributes,
+                snapshot,
+                stats,
+                list(losses),
+                n_iter,
+                list(validation_scores),
+                (best, best_stats) if X_val_rows is not None else None,
+                scale,
+            )
+            # Evaluated by the callbacks only if one asks for a fitted estimator.
             stop = epoch_ctx.call_on_fit_task_end(
-                estimator=self,
-                X=X,
-                # Evaluated by the callbacks only if one asks for a fitted estimator.
-                reconstruction_attributes=partial(
-                    self._fitted_attributes, trainer, stats, losses, n_iter, scale
-                ),
+                estimator=self, X=X, reconstruction_attributes=last_epoch
             )
             # While alpha warms up the loss rises with it: no plateau can be judged yet.
             warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_steps
@@ -532,18 +550,26 @@ class SparseAutoencoderTransformer(
             if warmed_up and plateau.reached(monitored) and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
-            last_epoch = self._fitted_attributes(trainer, stats, losses, n_iter, scale)
-            last_epoch["validation_scores_"] = last_epoch["best_validation_score_"] = None
-            if X_val_rows is not None:
-                # The weights of the epoch with the best validation score.
-                last_epoch.update(best_model)
-                last_epoch["validation_scores_"] = list(validation_scores)
-                last_epoch["best_validation_score_"] = max(validation_scores)
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
-        self.__dict__.update(last_epoch)
+        self.__dict__.update(last_epoch())
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         return False
+
+    def _epoch_attributes(self, snapshot, stats, losses, n_iter, validation_scores, best, scale):
+        """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
+        with the weights of the best-validated epoch (``best``: its snapshot and stats)
+        under early stopping."""
+        attributes = self._fitted_attributes(snapshot.read(), stats, losses, n_iter, scale)
+        attributes["validation_scores_"] = attributes["best_validation_score_"] = None
+        if best is not None:
+            best_snapshot, best_stats = best
+            attributes.update(
+                self._model_attributes(best_snapshot.read()["model"], best_stats, scale)
+            )
+            attributes["validation_scores_"] = validation_scores
+            attributes["best_validation_score_"] = max(validation_scores)
+        return attributes
 
     def _print_epoch(self, epoch, stats, validation_scores):
         validation = (
@@ -602,7 +628,10 @@ class SparseAutoencoderTransformer(
             stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
-            self.__dict__.update(self._fitted_attributes(trainer, stats, losses, n_iter, scale))
+            snapshot = HostSnapshot()
+            snapshot.capture(trainer)
+            attributes = self._fitted_attributes(snapshot.read(), stats, losses, n_iter, scale)
+            self.__dict__.update(attributes)
             self._finish_fit(X)
         return self
 
@@ -618,7 +647,7 @@ class SparseAutoencoderTransformer(
         """
         state = self.__dict__.get("_trainer_state")
         if state is not None:
-            state = _tree_map(lambda a: torch.from_numpy(a.copy()), state)
+            state = tree_map(lambda a: torch.from_numpy(a.copy()), state, np.ndarray)
         return self._new_trainer(self._module(device, training=True), None, state)
 
     def _new_trainer(self, model, schedule, state=None):
@@ -649,8 +678,9 @@ class SparseAutoencoderTransformer(
                 "lower it, or scale the data (e.g. with StandardScaler)."
             ) from exc
 
-    def _fitted_attributes(self, trainer, stats, losses, n_iter, scale):
-        """Numpy snapshot of the trainer's model: the fitted attributes of this estimator.
+    def _fitted_attributes(self, state, stats, losses, n_iter, scale):
+        """The fitted attributes of this estimator, in numpy, from a trainer's ``state``
+        (:meth:`HostSnapshot.read`).
 
         The trainer works on ``X * scale`` (see ``normalize_input``). The attributes
         describe the same model on ``X`` itself: dividing the biases and thresholds by
@@ -658,24 +688,23 @@ class SparseAutoencoderTransformer(
         unchanged decoder turns back into the user's units.
         """
         return {
-            **self._model_attributes(trainer, stats, scale),
+            **self._model_attributes(state["model"], stats, scale),
             "input_scale_": scale,
             "loss_curve_": list(losses),
             "n_iter_": n_iter,
-            "n_steps_": trainer.n_steps,
+            "n_steps_": state["trainer"]["n_steps"],
             "_fitted_sparsifier_params": self._sparsifier_params(),
-            "_trainer_state": _tree_map(_to_numpy, trainer.state_dict()),
+            "_trainer_state": tree_map(_to_numpy, state["trainer"]),
         }
 
-    def _model_attributes(self, trainer, stats, scale):
-        """The weights, thresholds and firing statistics of the trainer's model now."""
-        model = trainer.model
+    def _model_attributes(self, model_state, stats, scale):
+        """The weights, thresholds and firing statistics of a model's ``state_dict``."""
         return {
-            "components_": _to_numpy(model.W_dec),
-            "encoder_weights_": _to_numpy(model.W_enc),
-            "encoder_bias_": _to_numpy(model.b_enc) / scale,
-            "decoder_bias_": _to_numpy(model.b_dec) / scale,
-            **_threshold_attribute(model.sparsifier, scale),
+            "components_": _to_numpy(model_state["W_dec"]),
+            "encoder_weights_": _to_numpy(model_state["W_enc"]),
+            "encoder_bias_": _to_numpy(model_state["b_enc"]) / scale,
+            "decoder_bias_": _to_numpy(model_state["b_dec"]) / scale,
+            **_threshold_attribute(model_state.get("sparsifier.threshold"), scale),
             "feature_density_": stats.feature_density.numpy(),
             "dead_fraction_": float(np.mean(stats.feature_density.numpy() == 0)),
         }
@@ -1032,9 +1061,8 @@ def _scaled(array, scale):
     return array if scale == 1.0 else array * scale
 
 
-def _threshold_attribute(sparsifier, scale):
+def _threshold_attribute(threshold, scale):
     """``{"threshold_": ...}`` in the user's units for sparsifiers with one, else ``{}``."""
-    threshold = getattr(sparsifier, "threshold", None)
     # np.asarray: a 0-d array divided by a float is a numpy scalar, not an array.
     return {} if threshold is None else {"threshold_": np.asarray(_to_numpy(threshold) / scale)}
 
@@ -1046,17 +1074,6 @@ def _torch_generator(random_state):
 
 def _to_numpy(tensor):
     return tensor.detach().cpu().numpy().copy()
-
-
-def _tree_map(fn, tree):
-    """Apply ``fn`` to every tensor or array leaf of nested dicts and lists."""
-    if isinstance(tree, dict):
-        return {key: _tree_map(fn, value) for key, value in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_tree_map(fn, value) for value in tree)
-    if isinstance(tree, torch.Tensor | np.ndarray):
-        return fn(tree)
-    return tree
 
 
 class _Plateau:

@@ -117,11 +117,11 @@ class Trainer:
     state : dict or None
         :meth:`state_dict` of an earlier trainer of the same model, to continue it.
     autocast_dtype : torch dtype or None
-        Low-precision dtype (``torch.bfloat16``) of the encoder matmul, forward and
-        backward, under :func:`torch.autocast`. A TopK selection reads the low-precision
-        pre-activations; the chosen values, the codes, the decoder, the loss, the
-        weights, the optimiser and the statistics stay in the model's dtype. float64
-        models are not cast.
+        Low-precision dtype (``torch.bfloat16``) of the encoder's and the dense
+        decoder's matmuls, forward and backward, under :func:`torch.autocast`. A TopK
+        selection reads the low-precision pre-activations; the chosen values, the codes,
+        the sparse decoder, the loss, the weights, the optimiser and the statistics stay
+        in the model's dtype. float64 models are not cast.
 
     Examples
     --------
@@ -186,12 +186,14 @@ class Trainer:
         """Training loss of a batch, its squared error (summed over features, mean over
         rows) alone, and the code."""
         model = self.model
-        with torch.autocast(
-            x.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None
-        ):
+        with self._low_precision(x.device):
             pre = model.pre_activation(x)
         code = model.training_code(x, pre)
-        residual = x - model.decode(code)
+        # A dense code's decoder product is the other big matmul; a sparse code's stays
+        # in the model's dtype.
+        with self._low_precision(x.device, enabled=code.indices is None):
+            x_hat = model.decode(code)
+        residual = x - x_hat
         squared_error = residual.square().sum(dim=1).mean()
         loss = squared_error
         if model.sparsifier.penalised and self.alpha:
@@ -200,6 +202,10 @@ class Trainer:
         if self._auxk_on:
             loss = loss + self.auxk.coef * self.aux_loss(x, pre, residual.detach())
         return loss, squared_error, code
+
+    def _low_precision(self, device, enabled=True):
+        enabled = enabled and self.autocast_dtype is not None
+        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=enabled)
 
     def aux_loss(self, x, pre, residual):
         """AuxK's normalised reconstruction of ``residual`` by the dead latents.
@@ -298,6 +304,82 @@ class Trainer:
         self.n_steps = state["n_steps"]
         self.reference_loss = state["reference_loss"]
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
+
+
+class HostSnapshot:
+    """A host copy of a trainer's state, its model's weights included, that the device
+    does not wait for.
+
+    :meth:`capture` queues the copies behind the steps that produced the state. On a
+    GPU they go to page-locked buffers allocated at the first capture and reused, so
+    training continues while they cross the bus: a model's weights and Adam's moments
+    are hundreds of megabytes, which a blocking copy takes several training steps to
+    move. :meth:`read` waits for the last capture to land.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.module import SparseAutoencoder
+    >>> from sksae._nn.sparsifiers import TopK
+    >>> from sksae._nn.training import HostSnapshot, Trainer
+    >>> sae = SparseAutoencoder(4, 8, TopK(k=2))
+    >>> sae.reset_parameters(torch.Generator().manual_seed(0), b_dec=torch.zeros(4))
+    >>> snapshot = HostSnapshot()
+    >>> snapshot.capture(Trainer(sae, learning_rate=1e-3))
+    >>> state = snapshot.read()
+    >>> state["model"]["W_dec"].shape, state["trainer"]["n_steps"]
+    (torch.Size([8, 4]), 0)
+    """
+
+    def __init__(self):
+        self._buffers = []
+        self._state = None
+        self._landed = None
+
+    def capture(self, trainer):
+        """Start copying ``trainer``'s state (and its model's) to the host."""
+        state = {"model": trainer.model.state_dict(), "trainer": trainer.state_dict()}
+        # A trainer's state keeps its layout from one capture to the next: the buffers
+        # of the last capture are reused in the order tree_map visits the tensors.
+        reusable, buffers = iter(self._buffers), []
+
+        def to_host(tensor):
+            buffer = next(reusable, None)
+            if buffer is None or (buffer.shape, buffer.dtype) != (tensor.shape, tensor.dtype):
+                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+            buffers.append(buffer)
+            return buffer.copy_(tensor.detach(), non_blocking=tensor.is_cuda)
+
+        self._state = tree_map(to_host, state)
+        self._buffers = buffers
+        device = trainer.model.W_dec.device
+        self._landed = None
+        if device.type == "cuda":
+            self._landed = torch.cuda.Event()
+            self._landed.record(torch.cuda.current_stream(device))
+
+    def read(self):
+        """The state of the last capture, as nested dicts of host tensors."""
+        if self._landed is not None:
+            self._landed.synchronize()
+        return self._state
+
+
+def tree_map(fn, tree, leaf_type=torch.Tensor):
+    """Apply ``fn`` to every ``leaf_type`` leaf of nested dicts, lists and tuples.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.training import tree_map
+    >>> tree_map(lambda t: t + 1, {"a": [torch.tensor(1)], "b": 2})
+    {'a': [tensor(2)], 'b': 2}
+    """
+    if isinstance(tree, dict):
+        return {key: tree_map(fn, value, leaf_type) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(tree_map(fn, value, leaf_type) for value in tree)
+    return fn(tree) if isinstance(tree, leaf_type) else tree
 
 
 def _firings(code, n_latents, dtype):
