@@ -2,6 +2,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from sksae.datasets import make_sparse_superposition
 
@@ -13,6 +14,21 @@ def superposition_small():
         n_samples=4000, n_features=16, n_sources=48, n_active=3, random_state=0, return_sources=True
     )
     return X.astype(np.float32), directions
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Each torch device a test should pass on; CUDA only where a GPU is present."""
+    return request.param
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -10,13 +10,13 @@ from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 
-def _model(sparsifier, n_features=6, n_latents=20, seed=0):
+def _model(sparsifier, n_features=6, n_latents=20, seed=0, device="cpu"):
     model = SparseAutoencoder(n_features, n_latents, sparsifier, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     model.reset_parameters(generator, b_dec=torch.randn(n_features, generator=generator))
     with torch.no_grad():
         model.b_enc.normal_(generator=generator)
-    return model
+    return model.to(device)
 
 
 def test_folded_bias_equals_the_textbook_encoder():
@@ -178,9 +178,9 @@ def test_auxk_revives_dead_latents():
 
 
 @pytest.mark.parametrize("k, n_latents", [(2, 256), (8, 16)])
-def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(k, n_latents):
-    model = _model(TopK(k=k), n_latents=n_latents)
-    x = torch.randn(32, 6, dtype=torch.float64)
+def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(k, n_latents, device):
+    model = _model(TopK(k=k), n_latents=n_latents, device=device)
+    x = torch.randn(32, 6, dtype=torch.float64, device=device)
     pre = model.pre_activation(x)
     # The sparsifier picks the form that decodes faster: indices only for few actives.
     assert (model.sparsifier(pre).indices is not None) == (k * 32 <= n_latents)
@@ -202,14 +202,14 @@ def _loss_and_gradients(trainer, x):
     return loss, torch.autograd.grad(loss, [x, *parameters])
 
 
-def test_sparse_encoder_backward_equals_the_dense_one_with_auxk():
+def test_sparse_encoder_backward_equals_the_dense_one_with_auxk(device):
     """The training loss and every gradient (input included) are those of plain autograd
     through the dense pre-activations, for the TopK loss and the AuxK loss alike."""
-    model = _model(TopK(k=3), n_features=6, n_latents=128)
+    model = _model(TopK(k=3), n_features=6, n_latents=128, device=device)
     trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=4, coef=0.5, dead_steps=1))
     trainer.steps_since_fired[::3] = 1  # a third of the latents are dead
     trainer._refresh_auxk()
-    x = torch.randn(40, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(40, 6, dtype=torch.float64, device=device, requires_grad=True)
     pre = model.pre_activation(x).detach()
     assert model.sparsifier.select(pre) is not None  # the sparse path is the one under test
     sparse_loss, sparse_grads = _loss_and_gradients(trainer, x)
