@@ -46,8 +46,8 @@ def test_topk_keeps_the_k_largest_positive_preactivations():
 
 def test_relu_penalty_weights_codes_by_decoder_norms():
     code = ReLU()(torch.tensor([[1.0, -2.0, 3.0]]))
-    assert ReLU().penalty(None, code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(3.5)
-    assert TopK(k=1).penalty(None, code, torch.ones(3)) is None
+    assert ReLU().penalty(code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(3.5)
+    assert TopK(k=1).penalty(code, torch.ones(3)) is None
 
 
 def test_jumprelu_straight_through_gradients_follow_the_paper():
@@ -75,7 +75,7 @@ def test_jumprelu_straight_through_gradients_follow_the_paper():
     sparsifier.threshold.grad = None
     pre.grad = None
     code = sparsifier(pre)
-    penalty = sparsifier.penalty(pre, code, decoder_norms=None)
+    penalty = sparsifier.penalty(code, decoder_norms=None)
     assert penalty.item() == pytest.approx(1.0)  # two active entries over two rows
     penalty.backward()
     # dL0/dtheta = -(1 / eps) K(...), divided by the bandwidth once, averaged over rows;

@@ -91,15 +91,17 @@ class SparseAutoencoder(torch.nn.Module):
         """The training code of ``x``, whose pre-activations are ``pre``.
 
         ``pre`` may be in a lower precision than the model (autocast); the code is in the
-        model's. When the sparsifier keeps a few latents per row
+        model's, unless it is dense and the sparsifier allows a low-precision one
+        (:attr:`Sparsifier.low_precision_code`). When the sparsifier keeps a few latents per row
         (:meth:`Sparsifier.select`), the gradient reaches the encoder through the chosen
         entries alone, and the dense ``pre`` is never differentiated: the backward pass
         costs ``O(batch * k * n_features)`` instead of a second dense matmul.
         """
         indices = self.sparsifier.select(pre.detach())
         if indices is None:
-            # Low-precision (autocast) pre-activations are cast up: codes stay exact.
-            return self.sparsifier(pre.to(self.W_dec.dtype))
+            if not self.sparsifier.low_precision_code:
+                pre = pre.to(self.W_dec.dtype)
+            return self.sparsifier(pre)
         return Code(
             self.sparsifier.activate(self.selected_pre_activation(x, pre, indices)), indices
         )

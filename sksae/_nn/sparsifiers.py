@@ -53,12 +53,15 @@ class Sparsifier(torch.nn.Module):
     #: Whether the AuxK loss applies. Only a hard sparsity constraint needs it: a penalty
     #: keeps gradients flowing to every latent, a TopK selection does not.
     needs_auxk = False
+    #: Whether a dense training code may stay in the pre-activations' low precision
+    #: (autocast). Thresholds compared with the pre-activations need them cast up.
+    low_precision_code = False
 
     def encode(self, pre):
         """Inference code; must treat every row independently of the others."""
         return self(pre)
 
-    def penalty(self, pre, code, decoder_norms):
+    def penalty(self, code, decoder_norms):
         """Per-batch sparsity penalty (mean over rows), or ``None`` for a hard constraint."""
         return None
 
@@ -85,12 +88,16 @@ class ReLU(Sparsifier):
 
     decoder_init_norm = 0.1
     penalised = True
+    low_precision_code = True
 
     def forward(self, pre):
         return Code(F.relu(pre))
 
-    def penalty(self, pre, code, decoder_norms):
-        return (code.values @ decoder_norms).mean()
+    def penalty(self, code, decoder_norms):
+        # Column sums first: one pass over the code, accumulated in the norms' dtype
+        # whatever the code's (bfloat16 under autocast).
+        column_sums = code.values.sum(dim=0, dtype=decoder_norms.dtype)
+        return column_sums @ decoder_norms / code.values.shape[0]
 
 
 class TopK(Sparsifier):
@@ -206,7 +213,7 @@ class JumpReLU(Sparsifier):
     def encode(self, pre):
         return Code(pre * (pre > self.threshold.to(pre.dtype)))
 
-    def penalty(self, pre, code, decoder_norms):
+    def penalty(self, code, decoder_norms):
         return code.penalty
 
     @torch.no_grad()

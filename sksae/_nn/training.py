@@ -197,7 +197,7 @@ class Trainer:
         squared_error = residual.square().sum(dim=1).mean()
         loss = squared_error
         if model.sparsifier.penalised and self.alpha:
-            penalty = model.sparsifier.penalty(pre.to(x.dtype), code, model.decoder_norms())
+            penalty = model.sparsifier.penalty(code, model.decoder_norms())
             loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
         if self._auxk_on:
             loss = loss + self.auxk.coef * self.aux_loss(x, pre, residual.detach())
