@@ -1,9 +1,11 @@
 """Sphinx configuration of the sksae documentation.
 
 Build with ``make html`` (or ``sphinx-build -W -b html . _build/html``): warnings are
-errors. The gallery executes every ``examples/plot_*.py``.
+errors. The gallery executes every ``examples/plot_*.py``; the language-model example
+only where the ``interpret`` extra is installed (it is shown, not run, elsewhere).
 """
 
+import importlib.util
 from pathlib import Path
 
 import sksae
@@ -44,7 +46,11 @@ numpydoc_class_members_toctree = False
 sphinx_gallery_conf = {
     "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
-    "filename_pattern": r"/plot_",
+    "filename_pattern": (
+        r"/plot_"
+        if importlib.util.find_spec("all_minilm_l6_v2") and importlib.util.find_spec("transformers")
+        else r"/plot_(?!language_model)"
+    ),
     "download_all_examples": False,
     "remove_config_comments": True,
     "within_subsection_order": "FileNameSortKey",

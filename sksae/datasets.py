@@ -1,12 +1,14 @@
-"""Synthetic data with known ground truth, to test what a sparse autoencoder recovers."""
+"""Data to train sparse autoencoders on: synthetic data with known ground truth, and the
+token activations of a transformer language model."""
 
+import os
 from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
 
-__all__ = ["make_sparse_superposition"]
+__all__ = ["make_sparse_superposition", "token_activations"]
 
 
 @validate_params(
@@ -86,3 +88,93 @@ def make_sparse_superposition(
     if return_sources:
         return X, directions, activations
     return X
+
+
+@validate_params(
+    {
+        "texts": ["array-like"],
+        "model_path": [str, os.PathLike],
+        "layer": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_length": [Interval(Integral, 2, None, closed="left")],
+    },
+    prefer_skip_nested_validation=True,
+)
+def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128):
+    """Hidden states of a transformer language model at every token of ``texts``.
+
+    The activations SAEs are trained on for interpretability: one row per token, the
+    output of hidden layer ``layer`` (0 is the embeddings), special tokens (``[CLS]``,
+    ``[SEP]``, padding) left out. Needs the ``transformers`` package (``pip install
+    sksae[interpret]``); the model is loaded from ``model_path`` with
+    ``AutoTokenizer`` and ``AutoModel`` and run on the CPU, without network access when
+    the path is a local folder.
+
+    Parameters
+    ----------
+    texts : sequence of str
+        The texts to run through the model.
+    model_path : str or path-like
+        A folder holding a model and its tokenizer (``save_pretrained``'s layout), or a
+        Hugging Face Hub name.
+    layer : int
+        Which hidden state to return: 0 for the embeddings, ``i`` for the output of the
+        ``i``-th transformer block.
+    batch_size : int, default=32
+        Texts per forward pass.
+    max_length : int, default=128
+        Longer texts are truncated to this many tokens (special tokens included).
+
+    Returns
+    -------
+    X : ndarray of shape (n_tokens, hidden_size), float32
+        The activations, one row per token.
+    tokens : ndarray of shape (n_tokens,), str
+        Each row's token as the tokenizer spells it.
+    positions : ndarray of shape (n_tokens, 2), int
+        Each row's text index in ``texts`` and token index within that text.
+
+    Examples
+    --------
+    >>> from sksae.datasets import token_activations
+    >>> X, tokens, positions = token_activations(  # doctest: +SKIP
+    ...     ["Sparse codes, one feature at a time."], "path/to/all-MiniLM-L6-v2", layer=3)
+    >>> X.shape, tokens[:3], positions[:3, 1]  # doctest: +SKIP
+    ((9, 384), array(['sparse', 'codes', ','], dtype='<U6'), array([1, 2, 3]))
+    """
+    try:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+    except ImportError as error:
+        raise ImportError(
+            "token_activations needs the transformers package: pip install sksae[interpret]"
+        ) from error
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModel.from_pretrained(str(model_path)).eval()
+    n_layers = model.config.num_hidden_layers
+    if layer > n_layers:
+        raise ValueError(f"layer={layer} is beyond the model's {n_layers} hidden layers.")
+    rows, tokens, positions = [], [], []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        special = batch.pop("special_tokens_mask").bool() | ~batch["attention_mask"].bool()
+        with torch.inference_mode():
+            hidden = model(**batch, output_hidden_states=True).hidden_states[layer]
+        text_index, token_index = torch.nonzero(~special, as_tuple=True)
+        rows.append(hidden[text_index, token_index].float().numpy())
+        ids = batch["input_ids"][text_index, token_index].tolist()
+        tokens.extend(tokenizer.convert_ids_to_tokens(ids))
+        positions.append(np.stack([text_index.numpy() + start, token_index.numpy()], axis=1))
+    n_features = model.config.hidden_size
+    return (
+        np.concatenate(rows) if rows else np.empty((0, n_features), dtype=np.float32),
+        np.asarray(tokens, dtype=str),
+        np.concatenate(positions) if positions else np.empty((0, 2), dtype=np.intp),
+    )

@@ -36,7 +36,9 @@ def top_activating(model, X, feature, n=20):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC.
     feature : int
@@ -93,7 +95,9 @@ def top_activating_per_feature(model, X, n=20):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC.
     n : int, default=20
@@ -150,7 +154,9 @@ def feature_density(model, X):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC.
 
@@ -194,7 +200,9 @@ def feature_label_purity(model, X, labels, n=20):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC.
     labels : array-like of shape (n_samples,)
@@ -259,7 +267,9 @@ def plot_feature_density(model, X, ax=None, bins=50):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC.
     ax : matplotlib.axes.Axes or None, default=None
@@ -363,7 +373,9 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     Parameters
     ----------
     model : SparseAutoencoderTransformer
-        A fitted model.
+        A fitted model; or, as a baseline, any fitted scikit-learn transformer with
+        ``components_`` whose ``transform`` gives one column per component (PCA,
+        MiniBatchDictionaryLearning, a random projection...).
     X : {array-like, sparse matrix} of shape (n_samples, n_features)
         Data to encode, dense or scipy.sparse CSR/CSC; its rows are images.
     features : sequence of int
@@ -457,9 +469,11 @@ def _encoded_chunks(model, X):
     pass over ``X`` takes bounded memory.
     """
     chunk_rows = rows_per_chunk(model.components_.shape[0], _CHUNK_VALUES)
+    # sksae's models skip the validation that _validate already did; others transform.
+    transform = getattr(model, "_transform_validated", model.transform)
     for start in range(0, X.shape[0], chunk_rows):
         # Nothing here keeps a reference to the chunk: the caller's is the only one.
-        yield start, as_dense(model._transform_validated(X[start : start + chunk_rows]))
+        yield start, as_dense(transform(X[start : start + chunk_rows]))
 
 
 def _merge_top(candidates, top_rows, start):

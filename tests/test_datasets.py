@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sksae.datasets import make_sparse_superposition
+from sksae.datasets import make_sparse_superposition, token_activations
 
 
 def test_data_is_the_sparse_mix_of_unit_directions_plus_noise():
@@ -36,3 +36,50 @@ def test_invalid_arguments():
         make_sparse_superposition(10, 4, 8, n_active=9)
     with pytest.raises(ValueError, match="n_samples"):
         make_sparse_superposition(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_language_model(tmp_path_factory):
+    """A two-layer BERT with random weights and a 12-word vocabulary, saved as a
+    ``from_pretrained`` folder: the loading code runs offline and in a second."""
+    transformers = pytest.importorskip("transformers")
+    path = tmp_path_factory.mktemp("tiny-bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "sparse", "codes", "one", "feature"]
+    words += ["at", "a", "time", "."]
+    vocabulary = {word: index for index, word in enumerate(words)}
+    transformers.BertTokenizerFast(vocab=vocabulary).save_pretrained(path)
+    config = transformers.BertConfig(
+        vocab_size=12,
+        hidden_size=8,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+    )
+    transformers.BertModel(config).save_pretrained(path)
+    return path
+
+
+def test_token_activations_are_the_hidden_states_of_the_real_tokens(tiny_language_model):
+    import torch
+    import transformers
+
+    texts = ["sparse codes at a time .", "one feature", "a"]
+    X, tokens, positions = token_activations(texts, tiny_language_model, layer=2, batch_size=2)
+    assert X.dtype == np.float32 and X.shape == (9, 8)
+    assert tokens.tolist() == ["sparse", "codes", "at", "a", "time", ".", "one", "feature", "a"]
+    assert positions[:, 0].tolist() == [0] * 6 + [1] * 2 + [2]
+    # Row by row, the model's own hidden states of each text alone (no padding).
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_language_model)
+    model = transformers.AutoModel.from_pretrained(tiny_language_model).eval()
+    for text_index, text in enumerate(texts):
+        with torch.inference_mode():
+            alone = model(**tokenizer(text, return_tensors="pt"), output_hidden_states=True)
+        rows = positions[:, 0] == text_index
+        expected = alone.hidden_states[2][0, positions[rows, 1]].numpy()
+        np.testing.assert_allclose(X[rows], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_token_activations_rejects_a_layer_the_model_lacks(tiny_language_model):
+    with pytest.raises(ValueError, match="layer=3 is beyond the model's 2 hidden layers"):
+        token_activations(["a"], tiny_language_model, layer=3)

@@ -172,6 +172,21 @@ def test_purity_is_one_when_each_label_has_its_own_direction():
     np.testing.assert_array_equal(feature_label_purity(model, X, string_labels), np.ones(6))
 
 
+def test_a_scikit_learn_baseline_is_inspected_through_its_transform(data, small_chunks):
+    from sklearn.decomposition import PCA
+
+    X, _ = data
+    pca = PCA(n_components=5, random_state=0).fit(X)
+    codes = pca.transform(X)
+    rows, activations = top_activating_per_feature(pca, X, n=7)
+    expected = np.argsort(-codes, axis=0, kind="stable")[:7].T
+    np.testing.assert_array_equal(rows, expected)
+    np.testing.assert_allclose(activations, np.take_along_axis(codes.T, expected, axis=1))
+    labels = np.arange(len(X)) % 3
+    purity = feature_label_purity(pca, X, labels, n=7)
+    assert purity.shape == (5,) and np.all((purity > 0) & (purity <= 1))
+
+
 def test_purity_hand_computed(hand_model):
     # Latent 0 is active on rows 0, 1, 2, 5 (a, a, b, b); latent 1 on 4, 3, 1 (c, b, a).
     np.testing.assert_allclose(
