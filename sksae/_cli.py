@@ -193,8 +193,10 @@ def _build_parser():
     fit.add_argument(
         "--resume",
         action="store_true",
-        help="continue training the model in MODEL_DIR; the estimator options given "
-        "replace its parameters",
+        help="continue training the model in MODEL_DIR: a fit interrupted or saved by "
+        "--checkpoint-every mid-way resumes where it stopped (same DATA, same result as "
+        "uninterrupted); a finished one trains --max-iter more epochs. The estimator "
+        "options given replace its parameters",
     )
     fit.add_argument(
         "--checkpoint-every",

@@ -40,6 +40,7 @@ DTYPE_CODES = {
     np.dtype("int64"): "I64",
     np.dtype("int32"): "I32",
     np.dtype("bool"): "BOOL",
+    np.dtype("uint8"): "U8",
 }
 #: What each code is read as: bfloat16 (research checkpoints) becomes float32.
 DTYPES = {**{code: dtype for dtype, code in DTYPE_CODES.items()}, "BF16": np.dtype("<u2")}

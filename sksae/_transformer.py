@@ -1,5 +1,6 @@
 """SparseAutoencoderTransformer: a sparse autoencoder as a scikit-learn transformer."""
 
+import dataclasses
 import math
 from contextlib import contextmanager
 from functools import partial
@@ -176,12 +177,15 @@ class SparseAutoencoderTransformer(
         shuffles.
 
     warm_start : bool, default=False
-        When the estimator is already fitted, ``fit`` continues from its weights and
+        When the estimator is already fitted, ``fit`` continues instead of starting
+        afresh. After a fit that ran to its end, it trains from the weights and
         optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule,
-        no ``alpha`` warm-up, the input scale of the first fit) instead of starting
-        afresh; ``loss_curve_``, ``n_iter_`` and ``n_steps_`` keep counting. Use it to
-        resume a fit that was interrupted (see ``fit``) or to train longer.
-        ``n_components``, ``activation`` and ``k`` cannot change.
+        no ``alpha`` warm-up, the input scale of the first fit). After a fit that was
+        interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
+        resumes that fit where it stopped, on the same ``X``, to the end it would have
+        reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_`` and
+        ``n_steps_`` keep counting. ``n_components``, ``activation`` and ``k`` cannot
+        change.
 
     transform_algorithm : {"encoder", "pursuit"}, default="encoder"
         How ``transform`` (and ``score``, ``score_samples``) code a sample.
@@ -410,9 +414,14 @@ class SparseAutoencoderTransformer(
 
         An interruption (``KeyboardInterrupt``, Ctrl-C) is raised again, after the
         estimator takes the state of the last completed epoch: its weights, optimiser
-        state and ``n_iter_``. ``fit`` with ``warm_start=True`` resumes from there.
-        Interrupted within the first epoch, the estimator keeps the state it had before
-        the call. Any other error leaves it as it was before the call, too.
+        state, ``n_iter_`` and the progress of the fit (its random generator, schedule
+        and plateau counter). ``fit`` with ``warm_start=True`` on the same ``X`` resumes
+        from there and ends with the model the uninterrupted fit would have given (bit
+        for bit on the CPU; without ``early_stopping``, whose best-so-far weights are not
+        kept). A checkpoint the fit's callbacks save mid-fit (see
+        :func:`sksae.save`) resumes alike after loading. Interrupted within the first
+        epoch, the estimator keeps the state it had before the call. Any other error
+        leaves it as it was before the call, too.
 
         Parameters
         ----------
@@ -427,6 +436,7 @@ class SparseAutoencoderTransformer(
             The fitted estimator.
         """
         warm = self.warm_start and hasattr(self, "components_")
+        resumed = self.__dict__.get("_fit_progress") if warm else None
         with _rollback_on_error(self):
             X = validate_data(
                 self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=not warm
@@ -434,7 +444,15 @@ class SparseAutoencoderTransformer(
             _check_magnitude(X, "X")
             self._check_sparsifier_params()
             device = self._torch_device()
-            generator = _torch_generator(self.random_state)
+            if resumed is not None and X.shape[0] != resumed["n_samples"]:
+                raise ValueError(
+                    f"This estimator holds a fit interrupted after epoch {resumed['epoch']} "
+                    f"on {resumed['n_samples']} samples, which warm_start resumes: it needs "
+                    f"the same X, got {X.shape[0]} samples. To train anew, set "
+                    "warm_start=False."
+                )
+            seed = _seed(self.random_state) if resumed is None else resumed["seed"]
+            generator = torch.Generator().manual_seed(seed)
             if warm:
                 self._check_same_model_shape()
                 X = X.astype(self.components_.dtype, copy=False)
@@ -443,23 +461,39 @@ class SparseAutoencoderTransformer(
                 scale = self._input_scale(X)
             X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
-            if warm:
+            if resumed is not None:
                 trainer = self._resumed_trainer(device)
-                start, history = trainer.n_steps, (self.loss_curve_, self.n_iter_)
-                warm_up = 0
+                trainer.schedule = Schedule(**resumed["schedule"])
+                history, progress = (self.loss_curve_, self.n_iter_), resumed
+                if resumed["generator"] is not None:
+                    generator.set_state(torch.from_numpy(resumed["generator"].copy()))
             else:
-                trainer = self._new_trainer(self._new_model(X_fit, generator, device), None)
-                start, history = 0, ([], 0)
-                penalised = trainer.model.sparsifier.penalised and self.alpha > 0
-                warm_up = math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps) if penalised else 0
-            decay_start = start + math.floor((1 - _DECAY_FRACTION) * planned_steps)
-            trainer.schedule = Schedule(
-                alpha_warmup_steps=warm_up,
-                decay_start=decay_start,
-                decay_steps=start + planned_steps - decay_start,
-            )
+                if warm:
+                    trainer = self._resumed_trainer(device)
+                    start, history = trainer.n_steps, (self.loss_curve_, self.n_iter_)
+                    warm_up = 0
+                else:
+                    model = self._new_model(X_fit, generator, device)
+                    trainer = self._new_trainer(model, None)
+                    start, history = 0, ([], 0)
+                    penalised = trainer.model.sparsifier.penalised and self.alpha > 0
+                    warm_up = math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps) if penalised else 0
+                decay_start = start + math.floor((1 - _DECAY_FRACTION) * planned_steps)
+                trainer.schedule = Schedule(
+                    alpha_warmup_steps=warm_up,
+                    decay_start=decay_start,
+                    decay_steps=start + planned_steps - decay_start,
+                )
+                progress = {"seed": seed, "epoch": 0, "plateau": (math.inf, 0)}
             interrupted = self._run_epochs(
-                X, X_fit, X_val, scale, trainer, generator if self.shuffle else None, history
+                X,
+                X_fit,
+                X_val,
+                scale,
+                trainer,
+                generator if self.shuffle else None,
+                history,
+                progress,
             )
             self._finish_fit(X)
         if interrupted:
@@ -481,7 +515,7 @@ class SparseAutoencoderTransformer(
         order = torch.randperm(n_samples, generator=generator).numpy()
         return X[np.sort(order[n_validation:])], X[np.sort(order[:n_validation])]
 
-    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator, history):
+    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator, history, progress):
         """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
 
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
@@ -490,7 +524,9 @@ class SparseAutoencoderTransformer(
         reaches a plateau after the warm-up of ``alpha``, the learning rate anneals
         linearly to zero over a cool-down of a quarter as many epochs as were run (at
         least one), then the fit ends. ``history`` is the loss curve and epoch count to
-        continue (those of the fitted model for a warm start).
+        continue (those of the fitted model for a warm start). ``progress`` is where this
+        fit starts: its seed, the epochs it has already run and its plateau counter
+        (``_fit_progress`` of an interrupted fit, which each epoch records).
 
         Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
         the estimator then holds the last completed epoch. One within the first epoch
@@ -500,14 +536,16 @@ class SparseAutoencoderTransformer(
         X_rows = training_rows(X_fit, device)
         X_val_rows = None if X_val is None else training_rows(X_val, device)
         steps_per_epoch = math.ceil(X_fit.shape[0] / self.batch_size)
-        fit_ctx = self._init_callback_context(max_subtasks=self.max_iter)
+        first_epoch = progress["epoch"]
+        fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
         losses, n_iter = list(history[0]), history[1]
         validation_scores, last_epoch, best_stats = [], None, None
         # Host copies of the latest epoch's state and of the best-validated one.
         snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
-        for epoch in range(self.max_iter):
+        plateau.best, plateau.epochs_without_improvement = progress["plateau"]
+        for epoch in range(first_epoch, self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
             epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
             try:
@@ -529,7 +567,25 @@ class SparseAutoencoderTransformer(
                     best_stats = stats
             if self.verbose:
                 self._print_epoch(epoch, stats, validation_scores)
+            # While alpha warms up the loss rises with it: no plateau can be judged yet.
+            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_steps
+            cooling = trainer.schedule.decaying(trainer.n_steps)
+            if warmed_up and plateau.reached(monitored) and not cooling:
+                cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
+                trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             snapshot.capture(trainer)
+            # What resuming after this epoch needs; early stopping's best-so-far weights
+            # are not kept, so its fits do not resume.
+            resume_from = None
+            if X_val_rows is None:
+                resume_from = {
+                    "seed": progress["seed"],
+                    "n_samples": X_fit.shape[0],
+                    "epoch": epoch + 1,
+                    "generator": None if generator is None else generator.get_state().numpy(),
+                    "schedule": dataclasses.asdict(trainer.schedule),
+                    "plateau": (plateau.best, plateau.epochs_without_improvement),
+                }
             last_epoch = partial(
                 self._epoch_attributes,
                 snapshot,
@@ -539,28 +595,29 @@ class SparseAutoencoderTransformer(
                 list(validation_scores),
                 (best, best_stats) if X_val_rows is not None else None,
                 scale,
+                resume_from,
             )
             # Evaluated by the callbacks only if one asks for a fitted estimator.
             stop = epoch_ctx.call_on_fit_task_end(
                 estimator=self, X=X, reconstruction_attributes=last_epoch
             )
-            # While alpha warms up the loss rises with it: no plateau can be judged yet.
-            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_steps
-            cooling = trainer.schedule.decaying(trainer.n_steps)
-            if warmed_up and plateau.reached(monitored) and not cooling:
-                cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
-                trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
-        self.__dict__.update(last_epoch())
+        if last_epoch is not None:
+            self.__dict__.update(last_epoch())
+        # The fit ran to its end: a warm start trains anew.
+        self._fit_progress = None
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         return False
 
-    def _epoch_attributes(self, snapshot, stats, losses, n_iter, validation_scores, best, scale):
+    def _epoch_attributes(
+        self, snapshot, stats, losses, n_iter, validation_scores, best, scale, progress
+    ):
         """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
         with the weights of the best-validated epoch (``best``: its snapshot and stats)
-        under early stopping."""
+        under early stopping, and the ``progress`` a resumed fit starts from."""
         attributes = self._fitted_attributes(snapshot.read(), stats, losses, n_iter, scale)
+        attributes["_fit_progress"] = progress
         attributes["validation_scores_"] = attributes["best_validation_score_"] = None
         if best is not None:
             best_snapshot, best_stats = best
@@ -615,9 +672,8 @@ class SparseAutoencoderTransformer(
             device = self._torch_device()
             if first_call:
                 scale = self._input_scale(X)
-                model = self._new_model(
-                    _scaled(X, scale), _torch_generator(self.random_state), device
-                )
+                generator = torch.Generator().manual_seed(_seed(self.random_state))
+                model = self._new_model(_scaled(X, scale), generator, device)
                 trainer = self._new_trainer(model, None)
                 losses = []
             else:
@@ -695,6 +751,8 @@ class SparseAutoencoderTransformer(
             "n_steps_": state["trainer"]["n_steps"],
             "_fitted_sparsifier_params": self._sparsifier_params(),
             "_trainer_state": tree_map(_to_numpy, state["trainer"]),
+            # Set by fit to resume it; partial_fit's passes are each complete.
+            "_fit_progress": None,
         }
 
     def _model_attributes(self, model_state, stats, scale):
@@ -1067,9 +1125,9 @@ def _threshold_attribute(threshold, scale):
     return {} if threshold is None else {"threshold_": np.asarray(_to_numpy(threshold) / scale)}
 
 
-def _torch_generator(random_state):
-    seed = check_random_state(random_state).randint(np.iinfo(np.int32).max)
-    return torch.Generator().manual_seed(int(seed))
+def _seed(random_state):
+    """The seed of the private torch generator of a fit."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 def _to_numpy(tensor):

@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler
 
+import sksae
 from sksae import SparseAutoencoderTransformer
 from sksae.datasets import make_sparse_superposition
 from sksae.metrics import dead_fraction, fvu, l0, mmcs
@@ -574,23 +575,43 @@ def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
     assert not hasattr(sae, "components_")
 
 
-def test_warm_start_continues_the_fit(superposition_small, monkeypatch):
+# Interrupted one epoch into a plateau (one epoch of the two that trigger the cool-down).
+@pytest.mark.parametrize("activation, interrupted_epoch", [("topk", 7), ("relu", 10)])
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_model(
+    superposition_small, monkeypatch, tmp_path, activation, interrupted_epoch
+):
     X, _ = superposition_small
-    sae = _sae(max_iter=10, max_no_improvement=None)
-    _interrupt_on_epoch(monkeypatch, 4)
+    # ReLU's alpha warms up and both anneal their learning rate at a plateau: the
+    # schedule, the plateau counter and the shuffling generator must all resume.
+    params = dict(activation=activation, alpha=0.01, max_iter=20, tol=0.1, max_no_improvement=2)
+    uninterrupted = _sae(**params).fit(X)
+    assert uninterrupted.n_iter_ < 20  # the plateau's cool-down ended it
+    sae = _sae(**params)
+    _interrupt_on_epoch(monkeypatch, interrupted_epoch)
     with pytest.raises(KeyboardInterrupt):
         sae.fit(X)
     monkeypatch.undo()
-    steps, first_losses = sae.n_steps_, list(sae.loss_curve_)
-    sae.set_params(warm_start=True, max_iter=4).fit(X)
-    assert sae.n_iter_ == 7 and sae.loss_curve_[:3] == first_losses
-    assert sae.n_steps_ == 7 * steps // 3
-    assert sae.loss_curve_[-1] < first_losses[-1]
+    assert sae.n_iter_ == interrupted_epoch - 1
+    assert sae._fit_progress["plateau"][1] == 1
+    # Resumed from the safe format, as from a checkpoint.
+    sksae.save(sae, tmp_path)
+    resumed = sksae.load(tmp_path).set_params(warm_start=True)
+    with pytest.raises(ValueError, match="needs the same X, got 100 samples"):
+        resumed.fit(X[:100])
+    resumed.fit(X)
+    for name in [*FITTED_ARRAYS, "loss_curve_", "n_iter_", "n_steps_", "_trainer_state"]:
+        # Exact equality, recursing into the optimiser state's dicts and lists.
+        np.testing.assert_equal(getattr(resumed, name), getattr(uninterrupted, name))
+    # Once a fit has run to its end, a warm start trains max_iter more epochs.
+    first_losses = list(resumed.loss_curve_)
+    resumed.set_params(max_iter=3).fit(X)
+    assert resumed.n_iter_ == len(first_losses) + 3
+    assert resumed.loss_curve_[: len(first_losses)] == first_losses
     # A shape change cannot be a warm start, and leaves the model as it was.
-    state = _state(sae)
+    state = _state(resumed)
     with pytest.raises(ValueError, match="cannot change"):
-        sae.set_params(n_components=32).fit(X)
-    assert _state(sae.set_params(n_components=64)) == state
+        resumed.set_params(n_components=32).fit(X)
+    assert _state(resumed.set_params(n_components=64)) == state
 
 
 def test_concurrent_transforms_agree_with_sequential_ones(superposition_small):
