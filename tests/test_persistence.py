@@ -76,6 +76,19 @@ def test_round_trip_is_exact(superposition_small, tmp_path, cls, params, dtype):
     )
 
 
+@pytest.mark.parametrize("cls", [SparseAutoencoderTransformer, SparseAutoencoderOutlierDetector])
+def test_skops_round_trips_trusting_the_estimator_class_alone(superposition_small, cls):
+    sio = pytest.importorskip("skops.io")
+    X = superposition_small[0]
+    model = _fit(cls, X, transform_algorithm="pursuit")
+    data = sio.dumps(model)
+    # skops refuses the unknown class until trusted; nothing else in the file needs trust.
+    assert sio.get_untrusted_types(data=data) == [f"{cls.__module__}.{cls.__name__}"]
+    loaded = sio.loads(data, trusted=[f"{cls.__module__}.{cls.__name__}"])
+    _assert_same(vars(model), vars(loaded))
+    assert (loaded.transform(X) != model.transform(X)).sum() == 0
+
+
 def test_feature_names_and_output_config_survive(superposition_small, tmp_path):
     pd = pytest.importorskip("pandas")
     X = pd.DataFrame(superposition_small[0], columns=[f"f{i}" for i in range(16)])
