@@ -101,6 +101,30 @@ def test_batchtopk_shares_the_budget_over_the_batch_and_tracks_its_threshold():
     )
 
 
+def _batch_top_reference(pre, k):
+    """BatchTopK's training code by its definition: a top-k over the whole batch."""
+    activations = torch.relu(pre).flatten()
+    values, indices = activations.topk(k * pre.shape[0])
+    return torch.zeros_like(activations).scatter(0, indices, values).view_as(pre)
+
+
+def test_batchtopk_selects_the_batch_top_from_row_candidates_or_all_values():
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.randn(64, 256, dtype=torch.float64, generator=generator)
+    concentrated = spread.clone()
+    concentrated[3] += 10.0  # one row holds all of the batch's top, far beyond its candidates
+    negative = -spread.abs()
+    negative[0, :5] = 1.0  # fewer positive values than the batch keeps
+    for pre in [spread, concentrated, negative]:
+        pre.requires_grad_(True)
+        code = BatchTopK(k=2)(pre).values
+        expected = _batch_top_reference(pre, k=2)
+        torch.testing.assert_close(code, expected, rtol=0, atol=0)
+        (grad,) = torch.autograd.grad(code.square().sum(), pre)
+        (expected_grad,) = torch.autograd.grad(expected.square().sum(), pre)
+        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+
+
 def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():
     model = _model(TopK(k=3))
     model.normalize_decoder()

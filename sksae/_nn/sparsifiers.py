@@ -144,6 +144,9 @@ class BatchTopK(TopK):
 
     #: Weight of the newest batch in the moving average of the threshold.
     threshold_momentum = 0.01
+    #: Each row's own largest ``candidates_per_k * k`` activations are the candidates
+    #: for the batch's selection (all of them when a row could hold more).
+    candidates_per_k = 4
 
     def __init__(self, k, threshold=None):
         super().__init__(k)
@@ -156,10 +159,31 @@ class BatchTopK(TopK):
         return None
 
     def forward(self, pre):
-        activations = F.relu(pre).flatten()
-        values, indices = activations.topk(self.k * pre.shape[0], sorted=False)
-        self._track_threshold(values)
-        return Code(torch.zeros_like(activations).scatter(0, indices, values).view_as(pre))
+        kept = self._batch_top(pre.detach())
+        self._track_threshold(kept)
+        # Every activation at or above the smallest kept one: the batch's top ``batch * k``
+        # (ties aside). The threshold is never negative, so this is ReLU'd too.
+        return Code(torch.where(pre >= kept.min(), pre, 0))
+
+    def _batch_top(self, pre):
+        """The ``batch * k`` largest values of ``ReLU(pre)`` over the whole batch.
+
+        A top-k over all ``batch * n_latents`` values is slow. The top over each row's
+        own largest ``candidates_per_k * k`` values, a subset, has a smallest value that
+        bounds the batch's from below; the exact selection then runs over the values at
+        or above that bound alone (one host sync, for their count). Only when the bound
+        is 0 (few positive candidates) does it run over every value.
+        """
+        n_rows, n_latents = pre.shape
+        budget = self.k * n_rows
+        per_row = min(n_latents, self.candidates_per_k * self.k)
+        candidates = F.relu(pre.topk(per_row, dim=1, sorted=False).values)
+        kept = candidates.flatten().topk(budget, sorted=False).values
+        if per_row == n_latents:
+            return kept
+        bound = kept.min()
+        above = pre[pre >= bound] if bound.item() > 0 else F.relu(pre).flatten()
+        return above.topk(budget, sorted=False).values
 
     @torch.no_grad()
     def _track_threshold(self, kept):
