@@ -38,7 +38,7 @@ class SparseAutoencoderOutlierDetector(OutlierMixin, SparseAutoencoderTransforme
     Parameters
     ----------
     n_components, activation, alpha, bandwidth, aux_k, aux_coef, dead_steps, \
-batch_size, learning_rate, max_iter, tol, max_no_improvement, early_stopping, \
+batch_size, learning_rate, max_grad_norm, max_iter, tol, max_no_improvement, early_stopping, \
 validation_fraction, normalize_input, shuffle, warm_start, transform_algorithm, \
 transform_n_candidates, sparse_output, device, autocast_dtype, random_state, verbose
         As in :class:`SparseAutoencoderTransformer`, with the same defaults.
@@ -107,6 +107,7 @@ feature_names_in_
         dead_steps=256,
         batch_size=256,
         learning_rate=None,
+        max_grad_norm=None,
         max_iter=200,
         tol=1e-3,
         max_no_improvement=5,
@@ -135,6 +136,7 @@ feature_names_in_
             dead_steps=dead_steps,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            max_grad_norm=max_grad_norm,
             max_iter=max_iter,
             tol=tol,
             max_no_improvement=max_no_improvement,

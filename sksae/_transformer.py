@@ -138,6 +138,12 @@ class SparseAutoencoderTransformer(
         the scaling law Gao et al. (2024) fitted for TopK SAEs, capped for small
         dictionaries.
 
+    max_grad_norm : float or None, default=None
+        Clip the global L2 norm of the gradients (all parameters together) to this
+        value before each Adam step. A guard against the occasional huge gradient of
+        heavy-tailed data (outlier activations) or a high learning rate; ``None`` does
+        not clip.
+
     max_iter : int, default=200
         Maximum number of epochs (passes over the training data) of ``fit``. The
         learning rate decays linearly to zero over the last 20% of them, unless the fit
@@ -333,6 +339,7 @@ class SparseAutoencoderTransformer(
         "dead_steps": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
@@ -363,6 +370,7 @@ class SparseAutoencoderTransformer(
         dead_steps=256,
         batch_size=256,
         learning_rate=None,
+        max_grad_norm=None,
         max_iter=200,
         tol=1e-3,
         max_no_improvement=5,
@@ -389,6 +397,7 @@ class SparseAutoencoderTransformer(
         self.dead_steps = dead_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.max_grad_norm = max_grad_norm
         self.max_iter = max_iter
         self.tol = tol
         self.max_no_improvement = max_no_improvement
@@ -719,6 +728,7 @@ class SparseAutoencoderTransformer(
             schedule=schedule,
             auxk=auxk,
             state=state,
+            max_grad_norm=self.max_grad_norm,
             autocast_dtype=None
             if self.autocast_dtype is None
             else getattr(torch, self.autocast_dtype),

@@ -253,6 +253,28 @@ def test_sparse_encoder_backward_equals_the_dense_one_with_auxk(device):
         torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-12)
 
 
+def _gradient_norm_seen_by_adam(max_grad_norm):
+    """Global gradient norm that the optimiser steps with, on one large batch."""
+    x = 100.0 * torch.randn(32, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = _model(JumpReLU(20, bandwidth=0.1))
+    trainer = Trainer(model, learning_rate=1e-3, alpha=0.1, max_grad_norm=max_grad_norm)
+    optimizer_step, seen = trainer.optimizer.step, []
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return optimizer_step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.step(x)
+    return seen[0]
+
+
+def test_gradients_are_clipped_to_max_grad_norm_before_the_step():
+    assert _gradient_norm_seen_by_adam(None) > 1.0  # the batch's own gradient
+    assert _gradient_norm_seen_by_adam(0.01) == pytest.approx(0.01)
+
+
 def test_divergence_is_detected_by_growth_not_only_by_nan():
     trainer = Trainer(_model(TopK(k=3)), learning_rate=1e8)
     X = torch.randn(256, 6, dtype=torch.float64)

@@ -208,6 +208,15 @@ def test_bfloat16_autocast_trains_as_well_as_float32(superposition_small, activa
     )
 
 
+def test_max_grad_norm_reaches_the_optimiser(superposition_small):
+    X, _ = superposition_small
+    free = _sae(activation="relu", alpha=0.01).fit(X)
+    clipped = _sae(activation="relu", alpha=0.01, max_grad_norm=1e-3).fit(X)
+    loose = _sae(activation="relu", alpha=0.01, max_grad_norm=1e6).fit(X)
+    assert not np.array_equal(clipped.components_, free.components_)
+    np.testing.assert_array_equal(loose.components_, free.components_)  # never reached
+
+
 def test_bfloat16_autocast_leaves_float64_alone(superposition_small):
     X = superposition_small[0].astype(np.float64)
     exact = _sae().fit(X)

@@ -116,6 +116,9 @@ class Trainer:
         Auxiliary loss for dead latents, used with sparsifiers that support it.
     state : dict or None
         :meth:`state_dict` of an earlier trainer of the same model, to continue it.
+    max_grad_norm : float or None
+        Clip the global L2 norm of the gradients to this value before each step (after
+        the decoder-parallel component is removed); ``None`` does not clip.
     autocast_dtype : torch dtype or None
         Low-precision dtype (``torch.bfloat16``) of the encoder's and the dense
         decoder's matmuls, forward and backward, under :func:`torch.autocast`. A TopK
@@ -150,9 +153,11 @@ class Trainer:
         schedule=None,
         auxk=None,
         state=None,
+        max_grad_norm=None,
         autocast_dtype=None,
     ):
         self.model = model
+        self.max_grad_norm = max_grad_norm
         self.autocast_dtype = autocast_dtype
         self.learning_rate = learning_rate
         self.alpha = alpha
@@ -242,6 +247,11 @@ class Trainer:
         unit_norm = self.model.sparsifier.unit_norm_decoder
         if unit_norm:
             self.model.remove_parallel_decoder_grad()
+        if self.max_grad_norm is not None:
+            # foreach kernels, and no host sync: the norm stays on the device.
+            torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.max_grad_norm, foreach=True
+            )
         self.optimizer.step()
         if unit_norm:
             self.model.normalize_decoder()
