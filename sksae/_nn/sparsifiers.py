@@ -195,7 +195,7 @@ class BatchTopK(TopK):
         self.threshold.copy_(torch.where(smallest.isfinite(), updated, self.threshold))
 
     def encode(self, pre):
-        return Code(pre * (pre > self.threshold.to(pre.dtype)))
+        return Code(torch.where(pre > self.threshold.to(pre.dtype), pre, 0))
 
 
 class JumpReLU(Sparsifier):
@@ -235,7 +235,7 @@ class JumpReLU(Sparsifier):
         return Code(values, penalty=l0)
 
     def encode(self, pre):
-        return Code(pre * (pre > self.threshold.to(pre.dtype)))
+        return Code(torch.where(pre > self.threshold.to(pre.dtype), pre, 0))
 
     def penalty(self, code, decoder_norms):
         return code.penalty
@@ -269,7 +269,8 @@ class _JumpReLUFunction(torch.autograd.Function):
         # An unused output (the penalty of an unpenalised fit) gets None, not zeros.
         ctx.set_materialize_grads(False)
         n_active = count_true(active, dim=None)
-        return pre * active, (n_active / pre.shape[0]).to(pre.dtype)
+        # where, not a product with the mask: that would first copy it to floats.
+        return torch.where(active, pre, 0), (n_active / pre.shape[0]).to(pre.dtype)
 
     @staticmethod
     def backward(ctx, grad_values, grad_l0):
@@ -279,7 +280,7 @@ class _JumpReLUFunction(torch.autograd.Function):
         grad_pre = None
         grad_threshold = torch.zeros_like(threshold)
         if grad_values is not None:
-            grad_pre = grad_values * active
+            grad_pre = torch.where(active, grad_values, 0)
             in_window = torch.where(window, grad_values, 0).sum(dim=0)
             grad_threshold -= (threshold / bandwidth) * in_window
         if grad_l0 is not None:
