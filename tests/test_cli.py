@@ -169,6 +169,30 @@ def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, caps
     assert "interrupted; saved" in capsys.readouterr().err
 
 
+def test_an_interrupted_fit_resumed_by_the_command_line_ends_as_an_uninterrupted_one(
+    data, tmp_path, monkeypatch
+):
+    argv = ["fit", str(data["npy"]), "--max-iter", "6", *SMALL]
+    assert main([*argv, "-o", str(tmp_path / "whole")]) == 0
+    train_pass = sksae.SparseAutoencoderTransformer._train_pass
+    calls = []
+
+    def interrupted_fourth(self, *args, **kwargs):
+        calls.append(None)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return train_pass(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted_fourth)
+        assert main([*argv, "-o", str(tmp_path / "resumed")]) == 130
+    assert sksae.load(tmp_path / "resumed").n_iter_ == 3
+    assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume"]) == 0
+    whole, resumed = sksae.load(tmp_path / "whole"), sksae.load(tmp_path / "resumed")
+    for name in ["components_", "encoder_weights_", "loss_curve_", "n_iter_", "_trainer_state"]:
+        np.testing.assert_equal(getattr(resumed, name), getattr(whole, name))
+
+
 def test_export_writes_sparsify(model_dir, X, tmp_path):
     out = tmp_path / "sparsify"
     assert main(["export", str(model_dir), "-o", str(out), "--format", "sparsify"]) == 0
