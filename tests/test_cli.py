@@ -150,19 +150,24 @@ def test_checkpoints_are_loadable(data, tmp_path, monkeypatch, source, max_iter,
     assert loaded == saved
 
 
-@pytest.mark.parametrize("source", ["npy", "directory"])
-def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, capsys, source):
-    """Ctrl-C in the third pass (an epoch of fit, a shard of partial_fit)."""
-    train_pass = sksae.SparseAutoencoderTransformer._train_pass
-    calls = []
+def _interrupt_pass(monkeypatch, n):
+    """Make the ``n``-th training pass (an epoch of fit, a shard of partial_fit) raise
+    KeyboardInterrupt, as Ctrl-C would."""
+    train_pass, calls = sksae.SparseAutoencoderTransformer._train_pass, []
 
-    def interrupted_third(self, *args, **kwargs):
+    def interrupted(self, *args, **kwargs):
         calls.append(None)
-        if len(calls) == 3:
+        if len(calls) == n:
             raise KeyboardInterrupt
         return train_pass(self, *args, **kwargs)
 
-    monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted_third)
+    monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted)
+
+
+@pytest.mark.parametrize("source", ["npy", "directory"])
+def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, capsys, source):
+    """Ctrl-C in the third pass (an epoch of fit, a shard of partial_fit)."""
+    _interrupt_pass(monkeypatch, 3)
     out = tmp_path / "sae"
     assert main(["fit", str(data[source]), "-o", str(out), "--max-iter", "5", *SMALL]) == 130
     assert sksae.load(out).n_iter_ == 2
@@ -174,17 +179,8 @@ def test_an_interrupted_fit_resumed_by_the_command_line_ends_as_an_uninterrupted
 ):
     argv = ["fit", str(data["npy"]), "--max-iter", "6", *SMALL]
     assert main([*argv, "-o", str(tmp_path / "whole")]) == 0
-    train_pass = sksae.SparseAutoencoderTransformer._train_pass
-    calls = []
-
-    def interrupted_fourth(self, *args, **kwargs):
-        calls.append(None)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return train_pass(self, *args, **kwargs)
-
     with monkeypatch.context() as patch:
-        patch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted_fourth)
+        _interrupt_pass(patch, 4)
         assert main([*argv, "-o", str(tmp_path / "resumed")]) == 130
     assert sksae.load(tmp_path / "resumed").n_iter_ == 3
     assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume"]) == 0
