@@ -693,10 +693,9 @@ class SparseAutoencoderTransformer(
             stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
             losses.append(stats.loss)
             n_iter = 1 if first_call else self.n_iter_ + 1
-            snapshot = HostSnapshot()
-            snapshot.capture(trainer)
-            attributes = self._fitted_attributes(snapshot.read(), stats, losses, n_iter, scale)
-            self.__dict__.update(attributes)
+            # One read: a HostSnapshot's page-locked buffers pay off only when reused.
+            state = trainer.full_state()
+            self.__dict__.update(self._fitted_attributes(state, stats, losses, n_iter, scale))
             self._finish_fit(X)
         return self
 
@@ -746,7 +745,7 @@ class SparseAutoencoderTransformer(
 
     def _fitted_attributes(self, state, stats, losses, n_iter, scale):
         """The fitted attributes of this estimator, in numpy, from a trainer's ``state``
-        (:meth:`HostSnapshot.read`).
+        (:meth:`Trainer.full_state`, or a :meth:`HostSnapshot.read` of it).
 
         The trainer works on ``X * scale`` (see ``normalize_input``). The attributes
         describe the same model on ``X`` itself: dividing the biases and thresholds by

@@ -300,6 +300,10 @@ class Trainer:
                 "for the all-zero code and the data's squared norm together"
             )
 
+    def full_state(self):
+        """The model's ``state_dict`` and this trainer's, as ``{"model", "trainer"}``."""
+        return {"model": self.model.state_dict(), "trainer": self.state_dict()}
+
     def state_dict(self):
         """What a later trainer needs to continue this one (tensors and numbers)."""
         return {
@@ -348,7 +352,7 @@ class HostSnapshot:
 
     def capture(self, trainer):
         """Start copying ``trainer``'s state (and its model's) to the host."""
-        state = {"model": trainer.model.state_dict(), "trainer": trainer.state_dict()}
+        state = trainer.full_state()
         # A trainer's state keeps its layout from one capture to the next: the buffers
         # of the last capture are reused in the order tree_map visits the tensors.
         reusable, buffers = iter(self._buffers), []
