@@ -65,14 +65,18 @@ class Sparsifier(torch.nn.Module):
         """Per-batch sparsity penalty (mean over rows), or ``None`` for a hard constraint."""
         return None
 
-    def select(self, pre):
-        """Latents each row keeps, ``[batch, k]``, or ``None`` to train on dense codes.
+    def trains_sparse(self, n_latents):
+        """Whether training codes are a few chosen latents per row (:meth:`select`)
+        rather than dense ``[batch, n_latents]`` codes (:meth:`forward`)."""
+        return False
 
-        A sparsifier that returns indices here computes its training code as
-        ``activate(pre at those latents)`` and defines :meth:`activate`; the model then
+    def select(self, pre):
+        """Latents each row keeps, ``[batch, k]``, when :meth:`trains_sparse`.
+
+        The training code is then ``activate(pre at those latents)``, and the model
         back-propagates through the chosen entries alone. ``pre`` is detached.
         """
-        return None
+        raise NotImplementedError
 
     def constrain_(self):
         """Project the sparsifier's own parameters back to their domain after a step."""
@@ -114,9 +118,10 @@ class TopK(Sparsifier):
         values, indices = pre.topk(self.k, dim=1, sorted=False)
         return _compact(Code(self.activate(values), indices), pre.shape[1])
 
+    def trains_sparse(self, n_latents):
+        return self.k <= SPARSE_CODE_MAX_DENSITY * n_latents
+
     def select(self, pre):
-        if self.k > SPARSE_CODE_MAX_DENSITY * pre.shape[1]:
-            return None
         return pre.topk(self.k, dim=1, sorted=False).indices
 
     def activate(self, selected):
@@ -154,9 +159,9 @@ class BatchTopK(TopK):
             threshold = torch.tensor(math.nan, dtype=torch.float64)
         self.register_buffer("threshold", threshold.to(torch.float64))
 
-    def select(self, pre):
+    def trains_sparse(self, n_latents):
         # Rows keep different numbers of latents: the code stays dense.
-        return None
+        return False
 
     def forward(self, pre):
         kept = self._batch_top(pre.detach())
