@@ -63,6 +63,7 @@ class DenseRows:
 
     def __init__(self, tensor):
         self.tensor = tensor
+        self._variance = None
 
     def __len__(self):
         return self.tensor.shape[0]
@@ -78,8 +79,18 @@ class DenseRows:
         return self.tensor.mean(dim=0)
 
     def variance(self):
-        """Mean squared distance of a row to the mean row (the denominator of FVU)."""
-        return (self.tensor - self.mean()).square().sum(dim=1).mean().item()
+        """Mean squared distance of a row to the mean row (the denominator of FVU).
+
+        Computed once, chunk by chunk: no temporary the size of the data.
+        """
+        if self._variance is None:
+            mean, chunk_rows = self.mean(), rows_per_chunk(self.tensor.shape[1])
+            total = sum(
+                (self.tensor[start : start + chunk_rows] - mean).square().sum(dtype=torch.float64)
+                for start in range(0, len(self), chunk_rows)
+            )
+            self._variance = total.item() / len(self)
+        return self._variance
 
 
 class HostRows:
