@@ -279,7 +279,9 @@ class SparseAutoencoderTransformer(
         ``early_stopping``.
 
     loss_curve_ : list of float
-        Mean training loss of each epoch (or ``partial_fit`` call).
+        Mean training loss of each epoch (or ``partial_fit`` call): the squared error
+        summed over features, plus ``alpha`` times the penalty of ``"relu"`` and
+        ``"jumprelu"``. The AuxK loss, which only trains dead latents, is not counted.
 
     n_iter_ : int
         Number of passes over the data: epochs of ``fit``, plus one per ``partial_fit``.

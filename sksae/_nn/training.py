@@ -89,7 +89,8 @@ class AuxK(NamedTuple):
 class EpochStats(NamedTuple):
     """What one pass over the data measured, with the weights of each step.
 
-    ``loss`` is the training loss and ``fvu`` the squared error over the data's variance,
+    ``loss`` is the training objective (:meth:`Trainer.loss`, without the AuxK term) and
+    ``fvu`` the squared error over the data's variance,
     both means over the pass; ``l0`` the mean number of active latents per sample;
     ``feature_density`` the fraction of samples each latent fired on.
     """
@@ -189,8 +190,13 @@ class Trainer:
         )
 
     def loss(self, x):
-        """Training loss of a batch, its squared error (summed over features, mean over
-        rows) alone, and the code."""
+        """The loss to minimise on a batch, the training objective within it, its squared
+        error alone (summed over features, mean over rows), and the code.
+
+        The objective is the squared error plus ``alpha`` times the sparsifier's penalty.
+        The loss adds the AuxK term, which trains dead latents and measures nothing of
+        the model; the statistics of an epoch, and so the stop rule, watch the objective.
+        """
         model = self.model
         pre = self._pre_activation(x)
         code = model.training_code(x, pre)
@@ -201,14 +207,16 @@ class Trainer:
         # One fused pass each way, where the difference, its square and their sums
         # would take several over [batch, n_features].
         squared_error = F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
-        loss = squared_error
+        objective = loss = squared_error
         if model.sparsifier.penalised and self.alpha:
             penalty = model.sparsifier.penalty(code, model.decoder_norms())
-            loss = loss + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
+            objective = loss = (
+                squared_error + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
+            )
         if self._auxk_on:
             residual = (x - x_hat).detach()
-            loss = loss + self.auxk.coef * self.aux_loss(x, pre, residual)
-        return loss, squared_error, code
+            loss = objective + self.auxk.coef * self.aux_loss(x, pre, residual)
+        return loss, objective, squared_error, code
 
     def _pre_activation(self, x):
         """The pre-activations of the batch ``x``: differentiable for a dense code, and
@@ -257,7 +265,8 @@ class Trainer:
         return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
 
     def step(self, x):
-        """One Adam step on the batch ``x``; returns :meth:`loss`'s results, detached."""
+        """One Adam step on the batch ``x``; returns the objective, the squared error
+        (detached) and the code of :meth:`loss`."""
         if self.reference_loss is None:
             # The data's own scale enters too: with a single sample, the zero-code loss
             # is 0 and any rounding error would look like divergence.
@@ -269,7 +278,7 @@ class Trainer:
         if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
             self._refresh_auxk()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, squared_error, code = self.loss(x)
+        loss, objective, squared_error, code = self.loss(x)
         loss.backward()
         unit_norm = self.model.sparsifier.unit_norm_decoder
         if unit_norm:
@@ -284,7 +293,7 @@ class Trainer:
             self.model.normalize_decoder()
         self.model.sparsifier.constrain_()
         self.n_steps += 1
-        return loss.detach(), squared_error.detach(), code
+        return objective.detach(), squared_error.detach(), code
 
     def run_epoch(self, X, batch_size, *, generator=None):
         """One pass over ``X`` (:class:`~sksae._nn.batches.DenseRows` or ``SparseRows``)
