@@ -775,7 +775,9 @@ def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation
 # ---------------------------------------------------------------- quality
 
 
-def test_recovers_the_directions_of_a_superposition():
+@pytest.fixture(scope="module")
+def superposition_50k():
+    """The quality bars' data: 256 directions in R^64, about 5 active per sample."""
     X, directions, _ = make_sparse_superposition(
         n_samples=50_000,
         n_features=64,
@@ -785,10 +787,15 @@ def test_recovers_the_directions_of_a_superposition():
         random_state=0,
         return_sources=True,
     )
-    X = X.astype(np.float32)
+    return X.astype(np.float32), directions
+
+
+def test_recovers_the_directions_of_a_superposition(superposition_50k):
+    X, directions = superposition_50k
     sae = SparseAutoencoderTransformer(n_components=512, k=5, random_state=0).fit(X)
     codes = sae.transform(X)
-    assert mmcs(directions, sae.components_) >= 0.97
+    assert mmcs(directions, sae.components_) >= 0.99
+    # The one-matmul encoder's amortisation gap: 0.094 (benchmarks/README.rst).
     assert fvu(X, sae.inverse_transform(codes)) <= 0.10
     assert l0(codes) <= 5
     assert dead_fraction(codes) < 0.5
@@ -797,6 +804,31 @@ def test_recovers_the_directions_of_a_superposition():
     pursued = sae.set_params(transform_algorithm="pursuit").transform(X)
     assert fvu(X, sae.inverse_transform(pursued)) <= 0.04
     assert l0(pursued) <= 5
+
+
+@pytest.mark.parametrize(
+    "params, min_mmcs",
+    [
+        # BatchTopK reaches 0.998 in its full run (155 epochs); 0.992 after 40.
+        ({"activation": "batchtopk", "k": 5, "max_iter": 40}, 0.97),
+        # alpha=1 is in the four-decade grid of bench_vs_dictionary_learning --variants,
+        # where it gives L0 near the true 5 (JumpReLU) and MMCS 0.98-0.998.
+        ({"activation": "jumprelu", "alpha": 1.0, "max_iter": 80}, 0.95),
+        ({"activation": "relu", "alpha": 1.0, "max_iter": 40}, 0.95),
+    ],
+    ids=["batchtopk", "jumprelu", "relu"],
+)
+def test_every_variant_recovers_the_directions_of_a_superposition(
+    superposition_50k, params, min_mmcs
+):
+    X, directions = superposition_50k
+    sae = SparseAutoencoderTransformer(
+        n_components=512, normalize_input="mean_norm", random_state=0, **params
+    ).fit(X)
+    assert mmcs(directions, sae.components_) >= min_mmcs
+    if params["activation"] == "batchtopk":
+        # Row-independent inference through the learned threshold keeps about k active.
+        assert l0(sae.transform(X)) == pytest.approx(5, rel=0.2)
 
 
 def _digits_split():
