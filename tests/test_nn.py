@@ -170,6 +170,7 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     model = _model_with_dead_latents()
     trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=3, coef=1.0, dead_steps=5))
     trainer.steps_since_fired[:8] = 5  # the first eight latents are dead
+    trainer._refresh_auxk()  # and found so by the periodic check
     x = torch.randn(16, 6, dtype=torch.float64) + 10.0
     pre = model.pre_activation(x).detach()
     residual = torch.randn(16, 6, dtype=torch.float64)
