@@ -128,7 +128,7 @@ class SparseAutoencoderTransformer(
 
     dead_steps : int, default=256
         A latent that has not fired for this many minibatch steps counts as dead for
-        AuxK.
+        AuxK. The dead latents are looked up every ``dead_steps`` steps.
 
     batch_size : int, default=256
         Samples per minibatch (the last one of an epoch may be smaller).
