@@ -215,12 +215,12 @@ class Trainer:
         # One fused pass each way, where the difference, its square and their sums
         # would take several over [batch, n_features].
         squared_error = F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
-        objective = loss = squared_error
+        objective = squared_error
         if model.sparsifier.penalised and self.alpha:
             penalty = model.sparsifier.penalty(code, model.decoder_norms())
-            objective = loss = (
-                squared_error + self.alpha * self.schedule.alpha_factor(self.n_steps) * penalty
-            )
+            alpha = self.alpha * self.schedule.alpha_factor(self.n_steps)
+            objective = squared_error + alpha * penalty
+        loss = objective
         if self._auxk_latents is not None:
             residual = (x - x_hat).detach()
             loss = objective + self.auxk.coef * self.aux_loss(x, pre, residual)
