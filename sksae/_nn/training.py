@@ -368,7 +368,8 @@ class Trainer:
         self.n_steps = state["n_steps"]
         self.reference_loss = state["reference_loss"]
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
-        # Older states have no candidates: the next check finds them.
+        # States saved before AuxK kept its candidates have none: __init__ then looks
+        # them up at once.
         if state.get("auxk_dead") is not None and self.auxk is not None:
             self._set_auxk_dead(state["auxk_dead"].to(self.steps_since_fired.device))
 
