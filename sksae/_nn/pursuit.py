@@ -25,6 +25,10 @@ BLOCK_VALUES = 2**24
 #: from the previous one, which is already close: a few steps suffice.
 NNLS_STEPS = 10
 
+#: Ridge, relative to the Gram matrix's mean diagonal, of the least-squares solves that
+#: start a refit over all candidates.
+RIDGE = 1e-4
+
 
 def pursue(residual, decoder, candidates, n_nonzero):
     """Non-negative OMP of ``residual`` over the ``candidates`` rows of ``decoder``.
@@ -71,6 +75,12 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
     atoms = decoder[candidates]  # [rows, c, n_features]
     gram = atoms @ atoms.transpose(1, 2)
     target = (atoms @ residual.unsqueeze(2)).squeeze(2)  # <atom, residual>
+    if n_nonzero >= candidates.shape[1]:
+        # Every candidate gets picked, so the greedy order cannot matter: one refit over
+        # all of them, from a start that is usually the answer already.
+        picked = torch.ones_like(target, dtype=torch.bool)
+        start = _least_squares_on_a_positive_support(gram, target)
+        return _nonnegative_least_squares(gram, target, picked, start)
     picked = torch.zeros_like(target, dtype=torch.bool)
     values = torch.zeros_like(target)
     rows = torch.arange(target.shape[0], device=target.device)
@@ -79,6 +89,31 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
         picked[rows, correlation.masked_fill(picked, -torch.inf).argmax(dim=1)] = True
         values = _nonnegative_least_squares(gram, target, picked, values)
     return values
+
+
+def _least_squares_on_a_positive_support(gram, target):
+    """A start for the refit: least squares, dropping the atoms whose values go negative.
+
+    Each round solves ``gram @ v = target`` restricted to the atoms still in, and drops
+    those solved below zero, until none is (at most one round per atom, usually one).
+    That is the non-negative least-squares solution unless a dropped atom should have
+    stayed; the refit's projected-gradient steps then bring it back. A ridge of
+    ``RIDGE`` times the mean diagonal keeps each solve defined when candidate atoms are
+    (nearly) collinear.
+    """
+    ridge = RIDGE * gram.diagonal(dim1=1, dim2=2).mean(dim=1)[:, None, None]
+    eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+    kept = torch.ones_like(target)
+    for _ in range(gram.shape[1]):
+        # Dropped atoms get an identity row and column and a zero target: value 0.
+        restricted = gram * (kept.unsqueeze(1) * kept.unsqueeze(2)) + torch.diag_embed(1 - kept)
+        values = torch.linalg.solve_ex(restricted + ridge * eye, target * kept).result
+        values = torch.where(values.isfinite(), values, 0.0) * kept
+        negative = values < 0
+        if not negative.any():
+            break
+        kept = kept * ~negative
+    return values.clamp_min(0)
 
 
 def _nonnegative_least_squares(gram, target, picked, start):
