@@ -210,7 +210,7 @@ class SparseAutoencoderTransformer(
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
         better codes at a cost that grows with its square. ``None`` means ``4 * k``.
         ``k`` keeps the encoder's own choice of latents and refits only their values,
-        the cheapest step past the encoder (about three times its cost).
+        the cheapest step past the encoder (about 2.5 times its cost).
 
     sparse_output : bool, default=False
         Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
