@@ -16,8 +16,9 @@ arrays, or a directory of such files, taken in the order of their names. Each ar
 shard; those of one file come in the order the file lists them. One array trains with
 ``fit``: a ``.npy`` or ``.safetensors`` array is a memory map, which the estimator reads
 one minibatch at a time. Several shards train with ``partial_fit``, one shard in memory
-at a time, ``--max-iter`` passes over them all, in order and with a constant learning
-rate: shuffle the samples across shards beforehand. ``evaluate`` encodes the shards chunk
+at a time, ``--max-iter`` passes over them all, in order, with the learning-rate schedule
+of ``fit`` laid over those passes (``partial_fit_samples``) but no early end: shuffle the
+samples across shards beforehand. ``evaluate`` encodes the shards chunk
 by chunk into sparse codes and keeps only running sums. So no command holds more than
 one shard in memory, nor all the codes.
 
@@ -179,8 +180,8 @@ def _build_parser():
         help="train a SparseAutoencoderTransformer and save it",
         description="Train a SparseAutoencoderTransformer on DATA and save it with "
         "sksae.save. One array trains with fit; several shards with partial_fit, one shard "
-        "at a time, --max-iter passes over them with a constant learning rate, the model "
-        "saved after each pass.",
+        "at a time, --max-iter passes over them with the learning-rate schedule of fit, the "
+        "model saved after each pass.",
     )
     fit.add_argument("data", metavar="DATA", help=data_help)
     fit.add_argument(
@@ -297,10 +298,12 @@ def _positive_int(text):
 
 
 class _Shard(NamedTuple):
-    """One array of DATA: a name for messages and a function that reads it."""
+    """One array of DATA: a name for messages, a function that reads it and one that
+    reads its shape alone (from the file's header)."""
 
     label: str
     read: Callable[[], np.ndarray]
+    shape: Callable[[], tuple]
 
 
 def _shards(path):
@@ -339,15 +342,32 @@ def _numpy_shards(file):
     one). ``np.load`` tells the two apart by their contents, not their names."""
     loaded = np.load(file, mmap_mode="r")
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        return [_Shard(str(file), partial(np.load, file, mmap_mode="r"))]
+        read = partial(np.load, file, mmap_mode="r")
+        return [_Shard(str(file), read, lambda: read().shape)]
     with loaded:
         names = loaded.files
-    return [_Shard(f"{file}[{name}]", partial(_npz_member, file, name)) for name in names]
+    return [
+        _Shard(f"{file}[{name}]", partial(_npz_member, file, name), partial(_npz_shape, file, name))
+        for name in names
+    ]
 
 
 def _npz_member(file, name):
     with np.load(file) as archive:
         return archive[name]
+
+
+def _npz_shape(file, name):
+    """The shape of an ``.npz`` member, from its ``.npy`` header: no data is read."""
+    with np.load(file) as archive, archive.zip.open(f"{name}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = {
+            (1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0,
+        }.get(version)
+        if read_header is None:  # version 3.0 differs only in the header's encoding
+            return _npz_member(file, name).shape
+        return read_header(member)[0]
 
 
 def _safetensors_shards(file):
@@ -369,16 +389,28 @@ def _safetensors_shards(file):
         raise ValueError(f"{file} is not a safetensors file: its header is not an object.")
     header.pop("__metadata__", None)
     return [
-        _Shard(f"{file}[{name}]", partial(_safetensors_array, file, name, 8 + header_length, entry))
+        _Shard(
+            f"{file}[{name}]",
+            partial(_safetensors_array, file, name, 8 + header_length, entry),
+            partial(_safetensors_shape, file, name, entry),
+        )
         for name, entry in header.items()
     ]
 
 
-def _safetensors_array(file, name, data_start, entry):
+def _safetensors_layout(file, name, entry):
     try:
-        dtype, shape, start, _ = _entry_layout(entry)
+        return _entry_layout(entry)
     except ValueError as exc:
         raise ValueError(f"{file}[{name}] {exc}.") from exc
+
+
+def _safetensors_shape(file, name, entry):
+    return _safetensors_layout(file, name, entry)[1]
+
+
+def _safetensors_array(file, name, data_start, entry):
+    dtype, shape, start, _ = _safetensors_layout(file, name, entry)
     array = np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
     return _decoded(array, entry["dtype"])
 
@@ -467,6 +499,10 @@ def _fit_shards(model, shards, args):
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
             "which holds no data out."
         )
+    # fit's schedule over the passes to come, so shards train as one array would.
+    n_rows = sum(shape[0] if shape else 0 for shape in (shard.shape() for shard in shards))
+    planned = getattr(model, "n_samples_seen_", 0) + model.max_iter * n_rows
+    model.set_params(partial_fit_samples=planned)
     every = args.checkpoint_every or 1
     # partial_fit has no callbacks: the bar counts shards. The shards of the first pass set
     # the features that the following ones must have.

@@ -39,8 +39,9 @@ class SparseAutoencoderOutlierDetector(OutlierMixin, SparseAutoencoderTransforme
     ----------
     n_components, activation, alpha, bandwidth, aux_k, aux_coef, dead_steps, \
 batch_size, learning_rate, max_grad_norm, max_iter, tol, max_no_improvement, early_stopping, \
-validation_fraction, normalize_input, shuffle, warm_start, transform_algorithm, \
-transform_n_candidates, sparse_output, device, autocast_dtype, random_state, verbose
+validation_fraction, normalize_input, shuffle, warm_start, partial_fit_samples, \
+transform_algorithm, transform_n_candidates, sparse_output, device, autocast_dtype, \
+random_state, verbose
         As in :class:`SparseAutoencoderTransformer`, with the same defaults.
 
     k : int, default=4
@@ -63,7 +64,7 @@ transform_n_candidates, sparse_output, device, autocast_dtype, random_state, ver
 
     components_, encoder_weights_, encoder_bias_, decoder_bias_, input_scale_, \
 threshold_, feature_density_, dead_fraction_, validation_scores_, \
-best_validation_score_, loss_curve_, n_iter_, n_steps_, n_features_in_, \
+best_validation_score_, loss_curve_, n_iter_, n_steps_, n_samples_seen_, n_features_in_, \
 feature_names_in_
         As in :class:`SparseAutoencoderTransformer`.
 
@@ -116,6 +117,7 @@ feature_names_in_
         normalize_input="none",
         shuffle=True,
         warm_start=False,
+        partial_fit_samples=None,
         transform_algorithm="encoder",
         transform_n_candidates=None,
         sparse_output=False,
@@ -145,6 +147,7 @@ feature_names_in_
             normalize_input=normalize_input,
             shuffle=shuffle,
             warm_start=warm_start,
+            partial_fit_samples=partial_fit_samples,
             transform_algorithm=transform_algorithm,
             transform_n_candidates=transform_n_candidates,
             sparse_output=sparse_output,

@@ -5,6 +5,7 @@ import math
 from contextlib import contextmanager
 from functools import partial
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -57,6 +58,19 @@ _DECAY_FRACTION = 0.2
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
 #: rolls back everything else.
 _CALLBACK_ATTRIBUTES = frozenset({"_callback_fit_ctx", "_skl_callbacks_to_teardown"})
+
+
+class _History(NamedTuple):
+    """The training counters a fitted model carries forward: ``loss_curve_``,
+    ``n_iter_`` and ``n_samples_seen_``."""
+
+    loss_curve: list
+    n_iter: int
+    n_samples_seen: int
+
+    def after_pass(self, loss, n_samples):
+        """The counters after one more pass (an epoch or a ``partial_fit`` call)."""
+        return _History([*self.loss_curve, loss], self.n_iter + 1, self.n_samples_seen + n_samples)
 
 
 class SparseAutoencoderTransformer(
@@ -193,6 +207,19 @@ class SparseAutoencoderTransformer(
         ``n_steps_`` keep counting. ``n_components``, ``activation`` and ``k`` cannot
         change.
 
+    partial_fit_samples : int or None, default=None
+        The number of samples that ``partial_fit`` calls are planned to train on in all
+        (counted by :attr:`n_samples_seen_`), for a stream of chunks to train as ``fit``
+        trains. ``None``: ``partial_fit`` trains at a constant learning rate with
+        ``alpha`` at full strength. An int: ``partial_fit`` follows ``fit``'s schedule
+        laid over that many samples, ``alpha`` warming up over the first 5% and the
+        learning rate decaying linearly to zero over the last 20%; ``E`` calls on the
+        same ``X`` of ``n`` samples, a multiple of ``batch_size``, with
+        ``partial_fit_samples=E * n`` give exactly the model of ``fit`` with
+        ``max_iter=E``, ``shuffle=False`` and ``max_no_improvement=None``. Samples past
+        the plan in a call train at a learning rate of zero, and a call once the plan is
+        used up raises a ``ValueError``. Ignored by ``fit``.
+
     transform_algorithm : {"encoder", "pursuit"}, default="encoder"
         How ``transform`` (and ``score``, ``score_samples``) code a sample.
         ``"encoder"``: the SAE's own code, one matrix product and the sparsifier, the
@@ -291,6 +318,10 @@ class SparseAutoencoderTransformer(
     n_steps_ : int
         Number of minibatch steps, ``fit`` and ``partial_fit`` together.
 
+    n_samples_seen_ : int
+        Number of samples trained on since the model was initialised: each epoch of
+        ``fit`` counts its samples, each ``partial_fit`` call those of its ``X``.
+
     n_features_in_ : int
         Number of features seen during :term:`fit`.
 
@@ -352,6 +383,7 @@ class SparseAutoencoderTransformer(
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
         "warm_start": ["boolean"],
+        "partial_fit_samples": [Interval(Integral, 1, None, closed="left"), None],
         "transform_algorithm": [StrOptions({"encoder", "pursuit"})],
         "transform_n_candidates": [Interval(Integral, 1, None, closed="left"), None],
         "sparse_output": ["boolean"],
@@ -383,6 +415,7 @@ class SparseAutoencoderTransformer(
         normalize_input="none",
         shuffle=True,
         warm_start=False,
+        partial_fit_samples=None,
         transform_algorithm="encoder",
         transform_n_candidates=None,
         sparse_output=False,
@@ -410,6 +443,7 @@ class SparseAutoencoderTransformer(
         self.normalize_input = normalize_input
         self.shuffle = shuffle
         self.warm_start = warm_start
+        self.partial_fit_samples = partial_fit_samples
         self.transform_algorithm = transform_algorithm
         self.transform_n_candidates = transform_n_candidates
         self.sparse_output = sparse_output
@@ -477,18 +511,18 @@ class SparseAutoencoderTransformer(
             if resumed is not None:
                 trainer = self._resumed_trainer(device)
                 trainer.schedule = Schedule(**resumed["schedule"])
-                history, progress = (self.loss_curve_, self.n_iter_), resumed
+                history, progress = self._history(), resumed
                 if resumed["generator"] is not None:
                     generator.set_state(torch.from_numpy(resumed["generator"].copy()))
             else:
                 if warm:
                     trainer = self._resumed_trainer(device)
-                    start, history = trainer.n_steps, (self.loss_curve_, self.n_iter_)
+                    start, history = trainer.n_steps, self._history()
                     warm_up = 0
                 else:
                     model = self._new_model(X_fit, generator, device)
                     trainer = self._new_trainer(model, None)
-                    start, history = 0, ([], 0)
+                    start, history = 0, _History([], 0, 0)
                     penalised = trainer.model.sparsifier.penalised and self.alpha > 0
                     warm_up = math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps) if penalised else 0
                 decay_start = start + math.floor((1 - _DECAY_FRACTION) * planned_steps)
@@ -536,8 +570,8 @@ class SparseAutoencoderTransformer(
         quantity (the validation FVU with ``early_stopping``, else the training loss)
         reaches a plateau after the warm-up of ``alpha``, the learning rate anneals
         linearly to zero over a cool-down of a quarter as many epochs as were run (at
-        least one), then the fit ends. ``history`` is the loss curve and epoch count to
-        continue (those of the fitted model for a warm start). ``progress`` is where this
+        least one), then the fit ends. ``history`` is the :class:`_History` to continue
+        (the fitted model's for a warm start). ``progress`` is where this
         fit starts: its seed, the epochs it has already run and its plateau counter
         (``_fit_progress`` of an interrupted fit, which each epoch records).
 
@@ -552,7 +586,6 @@ class SparseAutoencoderTransformer(
         first_epoch = progress["epoch"]
         fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
-        losses, n_iter = list(history[0]), history[1]
         validation_scores, last_epoch, best_stats = [], None, None
         # Host copies of the latest epoch's state and of the best-validated one.
         snapshot, best = HostSnapshot(), HostSnapshot()
@@ -569,8 +602,7 @@ class SparseAutoencoderTransformer(
                 self.__dict__.update(last_epoch())
                 fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
                 return True
-            losses.append(stats.loss)
-            n_iter += 1
+            history = history.after_pass(stats.loss, X_fit.shape[0])
             monitored = stats.loss
             if X_val_rows is not None:
                 monitored = evaluate_fvu(trainer.model, X_val_rows)
@@ -603,8 +635,7 @@ class SparseAutoencoderTransformer(
                 self._epoch_attributes,
                 snapshot,
                 stats,
-                list(losses),
-                n_iter,
+                history,
                 list(validation_scores),
                 (best, best_stats) if X_val_rows is not None else None,
                 scale,
@@ -623,13 +654,11 @@ class SparseAutoencoderTransformer(
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         return False
 
-    def _epoch_attributes(
-        self, snapshot, stats, losses, n_iter, validation_scores, best, scale, progress
-    ):
+    def _epoch_attributes(self, snapshot, stats, history, validation_scores, best, scale, progress):
         """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
         with the weights of the best-validated epoch (``best``: its snapshot and stats)
         under early stopping, and the ``progress`` a resumed fit starts from."""
-        attributes = self._fitted_attributes(snapshot.read(), stats, losses, n_iter, scale)
+        attributes = self._fitted_attributes(snapshot.read(), stats, history, scale)
         attributes["_fit_progress"] = progress
         attributes["validation_scores_"] = attributes["best_validation_score_"] = None
         if best is not None:
@@ -657,9 +686,10 @@ class SparseAutoencoderTransformer(
 
         The first call initialises the model from ``X`` (decoder bias at its geometric
         median); later calls continue it, Adam's moments and the dead-latent clocks
-        included. The learning rate is constant (no warm-up or decay) and ``alpha`` is at
-        full strength. Parameters that fix the shape of the model (``n_components``,
-        ``activation``, ``k``) cannot change between calls.
+        included. The learning rate is constant and ``alpha`` at full strength, unless
+        ``partial_fit_samples`` plans the calls' schedule. Parameters that fix the shape
+        of the model (``n_components``, ``activation``, ``k``) cannot change between
+        calls.
 
         Parameters
         ----------
@@ -684,24 +714,67 @@ class SparseAutoencoderTransformer(
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:
+                history = _History([], 0, 0)
+                self._check_partial_fit_plan(history.n_samples_seen)
                 scale = self._input_scale(X)
                 generator = torch.Generator().manual_seed(_seed(self.random_state))
                 model = self._new_model(_scaled(X, scale), generator, device)
                 trainer = self._new_trainer(model, None)
-                losses = []
             else:
+                history = self._history()
+                self._check_partial_fit_plan(history.n_samples_seen)
                 self._check_same_model_shape()
                 trainer = self._resumed_trainer(device)
-                losses = list(self.loss_curve_)
                 scale = self.input_scale_
+            trainer.schedule = self._partial_fit_schedule(trainer, history.n_samples_seen)
             stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
-            losses.append(stats.loss)
-            n_iter = 1 if first_call else self.n_iter_ + 1
+            history = history.after_pass(stats.loss, X.shape[0])
             # One read: a HostSnapshot's page-locked buffers pay off only when reused.
             state = trainer.full_state()
-            self.__dict__.update(self._fitted_attributes(state, stats, losses, n_iter, scale))
+            self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
             self._finish_fit(X)
         return self
+
+    def _history(self):
+        """The fitted model's training counters, to continue."""
+        return _History(list(self.loss_curve_), self.n_iter_, self.n_samples_seen_)
+
+    def _check_partial_fit_plan(self, n_samples_seen):
+        if self.partial_fit_samples is not None and n_samples_seen >= self.partial_fit_samples:
+            raise ValueError(
+                f"partial_fit_samples={self.partial_fit_samples} are used up: the model has "
+                f"trained on n_samples_seen_={n_samples_seen} samples, and its learning "
+                "rate has decayed to zero. Raise partial_fit_samples to train on, or set it "
+                "to None for a constant learning rate."
+            )
+
+    def _partial_fit_schedule(self, trainer, n_samples_seen):
+        """The schedule of a ``partial_fit`` call, in the trainer's steps.
+
+        Without ``partial_fit_samples``, constant. With it, ``fit``'s schedule laid over
+        that many samples: the steps at which the plan reaches a given sample count are
+        reckoned from where the model stands (``n_samples_seen``, ``trainer.n_steps``),
+        at ``batch_size`` samples a step, so that calls on chunks of any size follow one
+        schedule, and passes over data of a multiple of ``batch_size`` samples take the
+        very steps of ``fit``.
+        """
+        if self.partial_fit_samples is None:
+            return Schedule()
+
+        # Steps the model is ahead of full batches (0 when every step was a full one).
+        offset = trainer.n_steps - n_samples_seen / self.batch_size
+        planned_steps = self.partial_fit_samples / self.batch_size
+
+        def step_at(fraction):
+            return offset + fraction * planned_steps
+
+        penalised = trainer.model.sparsifier.penalised and self.alpha > 0
+        decay_start = math.floor(step_at(1 - _DECAY_FRACTION))
+        return Schedule(
+            alpha_warmup_steps=math.ceil(step_at(_ALPHA_WARMUP_FRACTION)) if penalised else 0,
+            decay_start=decay_start,
+            decay_steps=math.ceil(step_at(1)) - decay_start,
+        )
 
     def _finish_fit(self, X):
         """Hook for subclasses: called with the validated training data once ``fit`` or
@@ -747,9 +820,10 @@ class SparseAutoencoderTransformer(
                 "lower it, or scale the data (e.g. with StandardScaler)."
             ) from exc
 
-    def _fitted_attributes(self, state, stats, losses, n_iter, scale):
+    def _fitted_attributes(self, state, stats, history, scale):
         """The fitted attributes of this estimator, in numpy, from a trainer's ``state``
-        (:meth:`Trainer.full_state`, or a :meth:`HostSnapshot.read` of it).
+        (:meth:`Trainer.full_state`, or a :meth:`HostSnapshot.read` of it) and the
+        training counters (a :class:`_History`).
 
         The trainer works on ``X * scale`` (see ``normalize_input``). The attributes
         describe the same model on ``X`` itself: dividing the biases and thresholds by
@@ -759,8 +833,9 @@ class SparseAutoencoderTransformer(
         return {
             **self._model_attributes(state["model"], stats, scale),
             "input_scale_": scale,
-            "loss_curve_": list(losses),
-            "n_iter_": n_iter,
+            "loss_curve_": list(history.loss_curve),
+            "n_iter_": history.n_iter,
+            "n_samples_seen_": history.n_samples_seen,
             "n_steps_": state["trainer"]["n_steps"],
             "_fitted_sparsifier_params": self._sparsifier_params(),
             "_trainer_state": tree_map(_to_numpy, state["trainer"]),
@@ -1100,6 +1175,7 @@ def _set_weights(
         loss_curve_=[],
         n_iter_=0,
         n_steps_=0,
+        n_samples_seen_=0,
         _fitted_sparsifier_params=estimator._sparsifier_params(),
     )
     return estimator

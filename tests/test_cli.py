@@ -75,6 +75,9 @@ def test_fit_each_format(data, X, tmp_path, source, n_iter, options):
     assert main(argv) == 0
     model = sksae.load(out)
     assert (model.n_components, model.k, model.n_iter_) == (64, 3, n_iter)
+    assert model.n_samples_seen_ == 2 * len(X)
+    # Shards follow fit's learning-rate schedule over the passes: planned to the sample.
+    assert model.partial_fit_samples == (None if n_iter == 2 else 2 * len(X))
     assert model.score(X) > 0.5
 
 

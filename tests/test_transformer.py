@@ -695,6 +695,40 @@ def test_partial_fit_after_fit_starts_from_the_fitted_model(superposition_small)
     assert np.abs(sae.components_ - before).max() < 0.1
 
 
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(superposition_small, activation):
+    # 4000 samples = 125 batches of 32: every step is a full batch, as the plan reckons.
+    X, _ = superposition_small
+    params = dict(activation=activation, batch_size=32)
+    fitted = _sae(max_iter=3, shuffle=False, max_no_improvement=None, **params).fit(X)
+    streamed = _sae(partial_fit_samples=3 * len(X), **params)
+    for _ in range(3):
+        streamed.partial_fit(X)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(fitted, name))
+    assert streamed.loss_curve_ == fitted.loss_curve_
+    assert streamed.n_samples_seen_ == fitted.n_samples_seen_ == 3 * len(X)
+    # Without the plan, the learning rate stays constant: another model.
+    constant = _sae(**params)
+    for _ in range(3):
+        constant.partial_fit(X)
+    assert not np.array_equal(constant.components_, fitted.components_)
+
+
+def test_partial_fit_refuses_to_train_past_its_plan(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(partial_fit_samples=3000)
+    for chunk in np.array_split(X, 3):  # chunks of 1334 and 1333 samples overrun the plan
+        sae.partial_fit(chunk)
+    assert sae.n_samples_seen_ == len(X)
+    state = _state(sae)
+    with pytest.raises(ValueError, match=r"partial_fit_samples=3000 are used up"):
+        sae.partial_fit(X[:10])
+    assert _state(sae) == state
+    sae.set_params(partial_fit_samples=5000).partial_fit(X[:10])
+    assert sae.n_samples_seen_ == len(X) + 10
+
+
 def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
     X, _ = superposition_small
     sae = _sae().partial_fit(X)
