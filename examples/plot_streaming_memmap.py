@@ -73,11 +73,15 @@ print(
 # -------------------------------------
 # The same model trained chunk by chunk, as from an activation store that hands out one
 # block at a time. Each call makes one pass over its chunk and keeps Adam's state for the
-# next; here the stream is read four times, as many passes as ``fit`` made.
-streamed = SparseAutoencoderTransformer(n_components=512, k=5, batch_size=1024, random_state=0)
+# next; here the stream is read four times, as many passes as ``fit`` made, and
+# ``partial_fit_samples`` lays ``fit``'s learning-rate schedule over those four passes.
+N_STREAMED = N_SAMPLES - CHUNK  # the last chunk is held out
+streamed = SparseAutoencoderTransformer(
+    n_components=512, k=5, batch_size=1024, partial_fit_samples=4 * N_STREAMED, random_state=0
+)
 tracemalloc.start()
 for _ in range(4):
-    for start in range(0, N_SAMPLES - CHUNK, CHUNK):
+    for start in range(0, N_STREAMED, CHUNK):
         streamed.partial_fit(np.asarray(X[start : start + CHUNK]))
 _, peak = tracemalloc.get_traced_memory()
 tracemalloc.stop()

@@ -68,9 +68,13 @@ def test_bfloat16_autocast_on_the_gpu_trains_as_well_as_float32(superposition_sm
         )
 
 
-def test_pursuit_on_the_gpu_equals_pursuit_on_the_cpu(superposition_small):
+# None: the greedy pursuit over 4k candidates; 3 (= k): the refit of the encoder's latents.
+@pytest.mark.parametrize("n_candidates", [None, 3])
+def test_pursuit_on_the_gpu_equals_pursuit_on_the_cpu(superposition_small, n_candidates):
     X, _ = superposition_small
-    sae = _sae(device="cuda", transform_algorithm="pursuit").fit(X)
+    sae = _sae(
+        device="cuda", transform_algorithm="pursuit", transform_n_candidates=n_candidates
+    ).fit(X)
     on_gpu = sae.transform(X)
     on_cpu = sae.set_params(device="cpu").transform(X)
     assert np.isclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-4).mean() > 0.99
