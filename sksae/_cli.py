@@ -358,16 +358,24 @@ def _npz_member(file, name):
 
 
 def _npz_shape(file, name):
-    """The shape of an ``.npz`` member, from its ``.npy`` header: no data is read."""
-    with np.load(file) as archive, archive.zip.open(f"{name}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = {
-            (1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0,
-        }.get(version)
-        if read_header is None:  # version 3.0 differs only in the header's encoding
-            return _npz_member(file, name).shape
-        return read_header(member)[0]
+    """The shape of an ``.npz`` member, from its ``.npy`` header: no data is read.
+
+    A member that is not a ``.npy`` file has no shape, ``()``: reading it reports it.
+    """
+    with np.load(file) as archive:
+        if f"{name}.npy" not in archive.zip.namelist():
+            return ()
+        with archive.zip.open(f"{name}.npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read_header is not None:
+                return read_header(member)[0]
+    # Version 3.0 differs from 2.0 only in its header's encoding, which numpy reads
+    # through private functions alone.
+    return _npz_member(file, name).shape
 
 
 def _safetensors_shards(file):
@@ -499,7 +507,8 @@ def _fit_shards(model, shards, args):
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
             "which holds no data out."
         )
-    # fit's schedule over the passes to come, so shards train as one array would.
+    # fit's schedule over the passes to come, so that shards train as one array would. A
+    # resumed model's plan grows by the new passes: the schedule is laid over all of them.
     n_rows = sum(shape[0] if shape else 0 for shape in (shard.shape() for shard in shards))
     planned = getattr(model, "n_samples_seen_", 0) + model.max_iter * n_rows
     model.set_params(partial_fit_samples=planned)

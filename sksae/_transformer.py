@@ -203,9 +203,9 @@ class SparseAutoencoderTransformer(
         no ``alpha`` warm-up, the input scale of the first fit). After a fit that was
         interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
         resumes that fit where it stopped, on the same ``X``, to the end it would have
-        reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_`` and
-        ``n_steps_`` keep counting. ``n_components``, ``activation`` and ``k`` cannot
-        change.
+        reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_``,
+        ``n_steps_`` and ``n_samples_seen_`` keep counting. ``n_components``,
+        ``activation`` and ``k`` cannot change.
 
     partial_fit_samples : int or None, default=None
         The number of samples that ``partial_fit`` calls are planned to train on in all
@@ -213,10 +213,11 @@ class SparseAutoencoderTransformer(
         trains. ``None``: ``partial_fit`` trains at a constant learning rate with
         ``alpha`` at full strength. An int: ``partial_fit`` follows ``fit``'s schedule
         laid over that many samples, ``alpha`` warming up over the first 5% and the
-        learning rate decaying linearly to zero over the last 20%; ``E`` calls on the
-        same ``X`` of ``n`` samples, a multiple of ``batch_size``, with
-        ``partial_fit_samples=E * n`` give exactly the model of ``fit`` with
-        ``max_iter=E``, ``shuffle=False`` and ``max_no_improvement=None``. Samples past
+        learning rate decaying linearly to zero over the last 20%, reckoned in samples
+        whatever the sizes of the chunks. ``E`` passes over ``X`` of ``n`` samples in
+        chunks of multiples of ``batch_size``, with ``partial_fit_samples=E * n``, give
+        exactly the model of ``fit`` with ``max_iter=E``, ``shuffle=False`` and
+        ``max_no_improvement=None``. Samples past
         the plan in a call train at a learning rate of zero, and a call once the plan is
         used up raises a ``ValueError``. Ignored by ``fit``.
 
@@ -236,8 +237,8 @@ class SparseAutoencoderTransformer(
     transform_n_candidates : int or None, default=None
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
         better codes at a cost that grows with its square. ``None`` means ``4 * k``.
-        ``k`` keeps the encoder's own choice of latents and refits only their values,
-        the cheapest step past the encoder (about 2.5 times its cost).
+        ``k`` refits the values of the encoder's own ``k`` largest pre-activations, the
+        cheapest step past the encoder (about 2.5 times its cost).
 
     sparse_output : bool, default=False
         Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
@@ -510,26 +511,23 @@ class SparseAutoencoderTransformer(
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
             if resumed is not None:
                 trainer = self._resumed_trainer(device)
-                trainer.schedule = Schedule(**resumed["schedule"])
+                schedule = dict(resumed["schedule"])
+                # Checkpoints saved before the warm-up could start mid-stream name its end so.
+                schedule.setdefault("alpha_warmup_end", schedule.pop("alpha_warmup_steps", 0))
+                trainer.schedule = Schedule(**schedule)
                 history, progress = self._history(), resumed
                 if resumed["generator"] is not None:
                     generator.set_state(torch.from_numpy(resumed["generator"].copy()))
             else:
                 if warm:
                     trainer = self._resumed_trainer(device)
-                    start, history = trainer.n_steps, self._history()
-                    warm_up = 0
+                    history = self._history()
                 else:
                     model = self._new_model(X_fit, generator, device)
                     trainer = self._new_trainer(model, None)
-                    start, history = 0, _History([], 0, 0)
-                    penalised = trainer.model.sparsifier.penalised and self.alpha > 0
-                    warm_up = math.ceil(_ALPHA_WARMUP_FRACTION * planned_steps) if penalised else 0
-                decay_start = start + math.floor((1 - _DECAY_FRACTION) * planned_steps)
-                trainer.schedule = Schedule(
-                    alpha_warmup_steps=warm_up,
-                    decay_start=decay_start,
-                    decay_steps=start + planned_steps - decay_start,
+                    history = _History([], 0, 0)
+                trainer.schedule = self._planned_schedule(
+                    trainer, trainer.n_steps, planned_steps, warm_up_alpha=not warm
                 )
                 progress = {"seed": seed, "epoch": 0, "plateau": (math.inf, 0)}
             interrupted = self._run_epochs(
@@ -613,7 +611,7 @@ class SparseAutoencoderTransformer(
             if self.verbose:
                 self._print_epoch(epoch, stats, validation_scores)
             # While alpha warms up the loss rises with it: no plateau can be judged yet.
-            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_steps
+            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_end
             cooling = trainer.schedule.decaying(trainer.n_steps)
             if warmed_up and plateau.reached(monitored) and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
@@ -715,7 +713,6 @@ class SparseAutoencoderTransformer(
             device = self._torch_device()
             if first_call:
                 history = _History([], 0, 0)
-                self._check_partial_fit_plan(history.n_samples_seen)
                 scale = self._input_scale(X)
                 generator = torch.Generator().manual_seed(_seed(self.random_state))
                 model = self._new_model(_scaled(X, scale), generator, device)
@@ -737,7 +734,9 @@ class SparseAutoencoderTransformer(
 
     def _history(self):
         """The fitted model's training counters, to continue."""
-        return _History(list(self.loss_curve_), self.n_iter_, self.n_samples_seen_)
+        # Models saved before sksae counted samples start counting from here.
+        n_samples_seen = self.__dict__.get("n_samples_seen_", 0)
+        return _History(list(self.loss_curve_), self.n_iter_, n_samples_seen)
 
     def _check_partial_fit_plan(self, n_samples_seen):
         if self.partial_fit_samples is not None and n_samples_seen >= self.partial_fit_samples:
@@ -749,31 +748,35 @@ class SparseAutoencoderTransformer(
             )
 
     def _partial_fit_schedule(self, trainer, n_samples_seen):
-        """The schedule of a ``partial_fit`` call, in the trainer's steps.
+        """The schedule of a ``partial_fit`` call: constant without
+        ``partial_fit_samples``, else ``fit``'s laid over that many samples.
 
-        Without ``partial_fit_samples``, constant. With it, ``fit``'s schedule laid over
-        that many samples: the steps at which the plan reaches a given sample count are
-        reckoned from where the model stands (``n_samples_seen``, ``trainer.n_steps``),
-        at ``batch_size`` samples a step, so that calls on chunks of any size follow one
-        schedule, and passes over data of a multiple of ``batch_size`` samples take the
-        very steps of ``fit``.
+        The plan is reckoned in samples, at ``batch_size`` a step, from where the model
+        stands (``n_samples_seen``, ``trainer.n_steps``), so that calls on chunks of any
+        size follow one schedule, and passes over data of a multiple of ``batch_size``
+        samples take the very steps of ``fit``.
         """
         if self.partial_fit_samples is None:
             return Schedule()
-
-        # Steps the model is ahead of full batches (0 when every step was a full one).
-        offset = trainer.n_steps - n_samples_seen / self.batch_size
+        # The step of sample 0 of the plan: the model is ahead of full batches by its
+        # partial ones (0 when every step was a full batch).
+        start = trainer.n_steps - n_samples_seen / self.batch_size
         planned_steps = self.partial_fit_samples / self.batch_size
+        return self._planned_schedule(trainer, start, planned_steps, warm_up_alpha=True)
 
-        def step_at(fraction):
-            return offset + fraction * planned_steps
-
+    def _planned_schedule(self, trainer, start, planned_steps, *, warm_up_alpha):
+        """``fit``'s schedule over ``planned_steps`` steps from step ``start`` (which a
+        stream may put between steps): ``alpha`` warms up over the first 5% of them,
+        if ``warm_up_alpha`` and the sparsifier is penalised, and the learning rate
+        decays linearly to zero over the last 20%."""
         penalised = trainer.model.sparsifier.penalised and self.alpha > 0
-        decay_start = math.floor(step_at(1 - _DECAY_FRACTION))
+        warm_up_end = start + _ALPHA_WARMUP_FRACTION * planned_steps
+        decay_start = math.floor(start + (1 - _DECAY_FRACTION) * planned_steps)
         return Schedule(
-            alpha_warmup_steps=math.ceil(step_at(_ALPHA_WARMUP_FRACTION)) if penalised else 0,
+            alpha_warmup_start=start,
+            alpha_warmup_end=math.ceil(warm_up_end) if warm_up_alpha and penalised else 0,
             decay_start=decay_start,
-            decay_steps=math.ceil(step_at(1)) - decay_start,
+            decay_steps=math.ceil(start + planned_steps) - decay_start,
         )
 
     def _finish_fit(self, X):

@@ -433,7 +433,7 @@ def test_loaded_model_trains_further(tmp_path, rng, format, write):
     components = model.components_.copy()
     X = rng.normal(size=(300, D_IN)).astype(np.float32)
     model.partial_fit(X)
-    assert (model.n_iter_, len(model.loss_curve_)) == (1, 1)
+    assert (model.n_iter_, len(model.loss_curve_), model.n_samples_seen_) == (1, 1, 300)
     assert model.n_steps_ > 0 and not np.array_equal(model.components_, components)
     assert np.isfinite(model.transform(X)).all()
 

@@ -146,7 +146,7 @@ def test_geometric_median_is_robust_to_outliers():
 
 
 def test_alpha_warms_up_and_the_learning_rate_decays_on_schedule():
-    schedule = Schedule(alpha_warmup_steps=4, decay_start=6, decay_steps=4)
+    schedule = Schedule(alpha_warmup_end=4, decay_start=6, decay_steps=4)
     trainer = Trainer(_model(ReLU()), learning_rate=1e-3, alpha=2.0, schedule=schedule)
     alphas, learning_rates = [], []
     for _ in range(10):

@@ -260,14 +260,19 @@ def test_pursuit_over_k_candidates_refits_the_encoders_choice(superposition_smal
     sae = _sae(n_components=64, k=3, max_iter=10).fit(X)
     encoded = sae.transform(X)
     refit = sae.set_params(transform_algorithm="pursuit", transform_n_candidates=3).transform(X)
-    # The same latents (some refitted to zero), values the best non-negative ones for them.
-    assert ((refit == 0) | (encoded != 0)).all()
+    # The candidates are the encoder's k largest pre-activations (those it keeps, and any
+    # it zeroes); their values, the best non-negative ones for them.
+    pre = (X - sae.decoder_bias_) @ sae.encoder_weights_.T + sae.encoder_bias_
+    candidates = np.argsort(-pre, axis=1)[:, :3]
+    in_candidates = np.zeros(refit.shape, dtype=bool)
+    np.put_along_axis(in_candidates, candidates, True, axis=1)
+    assert ((refit == 0) | in_candidates).all()
     errors = [((X - sae.inverse_transform(codes)) ** 2).sum(axis=1) for codes in (refit, encoded)]
     assert np.all(errors[0] <= errors[1] + 1e-5)
     for row in range(50):
-        latents = np.argsort(-encoded[row])[:3]
-        exact = nnls(sae.components_[latents].T, X[row] - sae.decoder_bias_)[0]
-        np.testing.assert_allclose(refit[row, latents], exact, atol=1e-4)
+        atoms = sae.components_[candidates[row]].T
+        exact = nnls(atoms, X[row] - sae.decoder_bias_)[0]
+        np.testing.assert_allclose(refit[row, candidates[row]], exact, atol=1e-4)
 
 
 def test_refit_over_every_candidate_matches_exact_nonnegative_least_squares():
@@ -641,13 +646,15 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_model(
     with pytest.raises(ValueError, match="needs the same X, got 100 samples"):
         resumed.fit(X[:100])
     resumed.fit(X)
-    for name in [*FITTED_ARRAYS, "loss_curve_", "n_iter_", "n_steps_", "_trainer_state"]:
+    counters = ["loss_curve_", "n_iter_", "n_steps_", "n_samples_seen_", "_trainer_state"]
+    for name in [*FITTED_ARRAYS, *counters]:
         # Exact equality, recursing into the optimiser state's dicts and lists.
         np.testing.assert_equal(getattr(resumed, name), getattr(uninterrupted, name))
     # Once a fit has run to its end, a warm start trains max_iter more epochs.
     first_losses = list(resumed.loss_curve_)
     resumed.set_params(max_iter=3).fit(X)
     assert resumed.n_iter_ == len(first_losses) + 3
+    assert resumed.n_samples_seen_ == resumed.n_iter_ * len(X)
     assert resumed.loss_curve_[: len(first_losses)] == first_losses
     # A shape change cannot be a warm start, and leaves the model as it was.
     state = _state(resumed)
@@ -713,6 +720,21 @@ def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(superposition
     for _ in range(3):
         constant.partial_fit(X)
     assert not np.array_equal(constant.components_, fitted.components_)
+
+
+def test_the_plan_of_partial_fit_is_reckoned_in_samples_whatever_the_chunks(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(activation="relu", batch_size=64, partial_fit_samples=64_000)
+    for row in X[:640]:  # 640 steps of one sample each: 1% of the plan
+        sae.partial_fit(row[None])
+    trainer = sae._resumed_trainer("cpu")
+    schedule = sae._partial_fit_schedule(trainer, sae.n_samples_seen_)
+    # alpha warms up over the plan's first 5%: a fifth of the way (plus the next batch),
+    # not the 640 / 50 full-batch steps the step count alone would say.
+    assert schedule.alpha_factor(trainer.n_steps) == pytest.approx(0.2, abs=0.03)
+    # The decay starts at 80% of the plan: 51,200 - 640 samples, 790 full steps, away.
+    assert schedule.decay_start - trainer.n_steps == 790
+    assert schedule.learning_rate_factor(trainer.n_steps) == 1.0
 
 
 def test_partial_fit_refuses_to_train_past_its_plan(superposition_small):

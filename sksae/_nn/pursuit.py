@@ -29,6 +29,11 @@ NNLS_STEPS = 10
 #: start a refit over all candidates.
 RIDGE = 1e-4
 
+#: Least-squares solves that start a refit over all candidates, each dropping the atoms
+#: the last one solved below zero. A fixed count keeps the device from waiting on the
+#: host; further rounds changed nothing the projected-gradient steps do not also fix.
+LEAST_SQUARES_ROUNDS = 2
+
 
 def pursue(residual, decoder, candidates, n_nonzero):
     """Non-negative OMP of ``residual`` over the ``candidates`` rows of ``decoder``.
@@ -94,25 +99,21 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
 def _least_squares_on_a_positive_support(gram, target):
     """A start for the refit: least squares, dropping the atoms whose values go negative.
 
-    Each round solves ``gram @ v = target`` restricted to the atoms still in, and drops
-    those solved below zero, until none is (at most one round per atom, usually one).
-    That is the non-negative least-squares solution unless a dropped atom should have
-    stayed; the refit's projected-gradient steps then bring it back. A ridge of
-    ``RIDGE`` times the mean diagonal keeps each solve defined when candidate atoms are
-    (nearly) collinear.
+    Each of ``LEAST_SQUARES_ROUNDS`` rounds solves ``gram @ v = target`` restricted to
+    the atoms still in, and drops those solved below zero. Where no value is negative
+    this is the non-negative least-squares solution; elsewhere the refit's
+    projected-gradient steps finish the work. A ridge of ``RIDGE`` times the mean
+    diagonal keeps each solve defined when candidate atoms are (nearly) collinear.
     """
     ridge = RIDGE * gram.diagonal(dim1=1, dim2=2).mean(dim=1)[:, None, None]
     eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
     kept = torch.ones_like(target)
-    for _ in range(gram.shape[1]):
+    for _ in range(LEAST_SQUARES_ROUNDS):
         # Dropped atoms get an identity row and column and a zero target: value 0.
         restricted = gram * (kept.unsqueeze(1) * kept.unsqueeze(2)) + torch.diag_embed(1 - kept)
         values = torch.linalg.solve_ex(restricted + ridge * eye, target * kept).result
         values = torch.where(values.isfinite(), values, 0.0) * kept
-        negative = values < 0
-        if not negative.any():
-            break
-        kept = kept * ~negative
+        kept = kept * (values >= 0)
     return values.clamp_min(0)
 
 

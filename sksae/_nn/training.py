@@ -28,31 +28,35 @@ class TrainingDiverged(FloatingPointError):
 class Schedule:
     """Multipliers of the learning rate and of ``alpha`` at each step.
 
-    ``alpha`` warms up linearly over ``alpha_warmup_steps``: an L1 penalty at full
-    strength from the first step kills latents before the reconstruction has shaped
-    them. The learning rate is flat, then decays linearly to zero over ``decay_steps``
-    from ``decay_start`` (never, when ``None``). There is no learning-rate warm-up:
-    Adam's bias correction already keeps the first steps small, and on the digits
-    benchmark a warm-up over 5% of the steps cost 0.8 points of downstream accuracy.
+    ``alpha`` warms up linearly over the steps from ``alpha_warmup_start`` to
+    ``alpha_warmup_end`` (a stream of chunks lays the ramp where its samples put it): an
+    L1 penalty at full strength from the first step kills latents before the
+    reconstruction has shaped them. The learning rate is flat, then decays linearly to
+    zero over ``decay_steps`` from ``decay_start`` (never, when ``None``). There is no
+    learning-rate warm-up: Adam's bias correction already keeps the first steps small,
+    and on the digits benchmark a warm-up over 5% of the steps cost 0.8 points of
+    downstream accuracy.
 
     Examples
     --------
     >>> from sksae._nn.training import Schedule
-    >>> schedule = Schedule(alpha_warmup_steps=2, decay_start=4, decay_steps=2)
+    >>> schedule = Schedule(alpha_warmup_end=2, decay_start=4, decay_steps=2)
     >>> [schedule.alpha_factor(step) for step in range(3)]
     [0.5, 1.0, 1.0]
     >>> [schedule.learning_rate_factor(step) for step in range(7)]
     [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.0]
     """
 
-    alpha_warmup_steps: int = 0
+    alpha_warmup_start: float = 0.0
+    alpha_warmup_end: int = 0
     decay_start: int | None = None
     decay_steps: int = 0
 
     def alpha_factor(self, step):
-        if step >= self.alpha_warmup_steps:
+        if step >= self.alpha_warmup_end:
             return 1.0
-        return (step + 1) / self.alpha_warmup_steps
+        ramp = self.alpha_warmup_end - self.alpha_warmup_start
+        return (step + 1 - self.alpha_warmup_start) / ramp
 
     def learning_rate_factor(self, step):
         if self.decay_start is None or step < self.decay_start:
