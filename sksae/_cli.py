@@ -90,6 +90,7 @@ FIT_PARAMETERS = {
     "dead_steps": (int, "steps without firing after which a latent counts as dead"),
     "batch_size": (int, "samples per minibatch"),
     "learning_rate": (_none_or(float), "Adam's step size (none: a scaling law in n_components)"),
+    "learning_rate_warmup_steps": (int, "steps over which the learning rate rises from 0"),
     "max_grad_norm": (_none_or(float), "clip the gradients' global norm to this (none: no clip)"),
     "max_iter": (int, "epochs; with shards, passes over all of them"),
     "tol": (float, "relative improvement for an epoch to count as one"),

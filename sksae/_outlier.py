@@ -38,10 +38,10 @@ class SparseAutoencoderOutlierDetector(OutlierMixin, SparseAutoencoderTransforme
     Parameters
     ----------
     n_components, activation, alpha, bandwidth, aux_k, aux_coef, dead_steps, \
-batch_size, learning_rate, max_grad_norm, max_iter, tol, max_no_improvement, early_stopping, \
-validation_fraction, normalize_input, shuffle, warm_start, partial_fit_samples, \
-transform_algorithm, transform_n_candidates, sparse_output, device, autocast_dtype, \
-random_state, verbose
+batch_size, learning_rate, learning_rate_warmup_steps, max_grad_norm, max_iter, tol, \
+max_no_improvement, early_stopping, validation_fraction, normalize_input, shuffle, \
+warm_start, partial_fit_samples, transform_algorithm, transform_n_candidates, \
+sparse_output, device, autocast_dtype, random_state, verbose
         As in :class:`SparseAutoencoderTransformer`, with the same defaults.
 
     k : int, default=4
@@ -108,6 +108,7 @@ feature_names_in_
         dead_steps=256,
         batch_size=256,
         learning_rate=None,
+        learning_rate_warmup_steps=0,
         max_grad_norm=None,
         max_iter=200,
         tol=1e-3,
@@ -138,6 +139,7 @@ feature_names_in_
             dead_steps=dead_steps,
             batch_size=batch_size,
             learning_rate=learning_rate,
+            learning_rate_warmup_steps=learning_rate_warmup_steps,
             max_grad_norm=max_grad_norm,
             max_iter=max_iter,
             tol=tol,

@@ -152,6 +152,14 @@ class SparseAutoencoderTransformer(
         the scaling law Gao et al. (2024) fitted for TopK SAEs, capped for small
         dictionaries.
 
+    learning_rate_warmup_steps : int, default=0
+        Minibatch steps over which the learning rate rises linearly from 0 to its value,
+        counted from the model's first step (:attr:`n_steps_`), in ``fit`` and
+        ``partial_fit`` alike; a warm start continues the count. Off by default: Adam's
+        bias correction already keeps the first steps small. It steadies training at
+        learning rates above the default, where early steps kill latents
+        (``benchmarks/bench_learning_rate_warmup.py``).
+
     max_grad_norm : float or None, default=None
         Clip the global L2 norm of the gradients (all parameters together) to this
         value before each Adam step. A guard against the occasional huge gradient of
@@ -375,6 +383,7 @@ class SparseAutoencoderTransformer(
         "dead_steps": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
+        "learning_rate_warmup_steps": [Interval(Integral, 0, None, closed="left")],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -407,6 +416,7 @@ class SparseAutoencoderTransformer(
         dead_steps=256,
         batch_size=256,
         learning_rate=None,
+        learning_rate_warmup_steps=0,
         max_grad_norm=None,
         max_iter=200,
         tol=1e-3,
@@ -435,6 +445,7 @@ class SparseAutoencoderTransformer(
         self.dead_steps = dead_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.learning_rate_warmup_steps = learning_rate_warmup_steps
         self.max_grad_norm = max_grad_norm
         self.max_iter = max_iter
         self.tol = tol
@@ -757,7 +768,7 @@ class SparseAutoencoderTransformer(
         samples take the very steps of ``fit``.
         """
         if self.partial_fit_samples is None:
-            return Schedule()
+            return Schedule(learning_rate_warmup_steps=self.learning_rate_warmup_steps)
         # The step of sample 0 of the plan: the model is ahead of full batches by its
         # partial ones (0 when every step was a full batch).
         start = trainer.n_steps - n_samples_seen / self.batch_size
@@ -768,7 +779,8 @@ class SparseAutoencoderTransformer(
         """``fit``'s schedule over ``planned_steps`` steps from step ``start`` (which a
         stream may put between steps): ``alpha`` warms up over the first 5% of them,
         if ``warm_up_alpha`` and the sparsifier is penalised, and the learning rate
-        decays linearly to zero over the last 20%."""
+        decays linearly to zero over the last 20%, after the warm-up of
+        ``learning_rate_warmup_steps`` (counted from the model's first step)."""
         penalised = trainer.model.sparsifier.penalised and self.alpha > 0
         warm_up_end = start + _ALPHA_WARMUP_FRACTION * planned_steps
         decay_start = math.floor(start + (1 - _DECAY_FRACTION) * planned_steps)
@@ -777,6 +789,7 @@ class SparseAutoencoderTransformer(
             alpha_warmup_end=math.ceil(warm_up_end) if warm_up_alpha and penalised else 0,
             decay_start=decay_start,
             decay_steps=math.ceil(start + planned_steps) - decay_start,
+            learning_rate_warmup_steps=self.learning_rate_warmup_steps,
         )
 
     def _finish_fit(self, X):

@@ -702,11 +702,13 @@ def test_partial_fit_after_fit_starts_from_the_fitted_model(superposition_small)
     assert np.abs(sae.components_ - before).max() < 0.1
 
 
-@pytest.mark.parametrize("activation", ["topk", "relu"])
-def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(superposition_small, activation):
+@pytest.mark.parametrize("activation, warmup_steps", [("topk", 0), ("relu", 0), ("topk", 100)])
+def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(
+    superposition_small, activation, warmup_steps
+):
     # 4000 samples = 125 batches of 32: every step is a full batch, as the plan reckons.
     X, _ = superposition_small
-    params = dict(activation=activation, batch_size=32)
+    params = dict(activation=activation, batch_size=32, learning_rate_warmup_steps=warmup_steps)
     fitted = _sae(max_iter=3, shuffle=False, max_no_improvement=None, **params).fit(X)
     streamed = _sae(partial_fit_samples=3 * len(X), **params)
     for _ in range(3):
@@ -735,6 +737,21 @@ def test_the_plan_of_partial_fit_is_reckoned_in_samples_whatever_the_chunks(supe
     # The decay starts at 80% of the plan: 51,200 - 640 samples, 790 full steps, away.
     assert schedule.decay_start - trainer.n_steps == 790
     assert schedule.learning_rate_factor(trainer.n_steps) == 1.0
+
+
+def test_the_learning_rate_warms_up_in_fit_and_partial_fit(superposition_small):
+    X, _ = superposition_small
+    plain, warmed = _sae().fit(X), _sae(learning_rate_warmup_steps=30).fit(X)
+    assert not np.array_equal(warmed.components_, plain.components_)
+    # Adam's first step moves each weight by about the learning rate: a tenth of it at
+    # the first of 10 warm-up steps.
+    batch = X[:256]  # one step
+    steps = {
+        warmup: _sae(learning_rate_warmup_steps=warmup).partial_fit(batch) for warmup in [0, 10]
+    }
+    initial = _sae(learning_rate=1e-30).partial_fit(batch).encoder_weights_
+    moved = {w: np.abs(sae.encoder_weights_ - initial).mean() for w, sae in steps.items()}
+    assert moved[10] / moved[0] == pytest.approx(0.1, rel=0.05)
 
 
 def test_partial_fit_refuses_to_train_past_its_plan(superposition_small):
