@@ -101,7 +101,7 @@ feature_names_in_
         *,
         activation="topk",
         k=4,
-        alpha=0.1,
+        alpha=1.0,
         bandwidth=0.001,
         aux_k=None,
         aux_coef=1 / 32,

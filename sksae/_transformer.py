@@ -117,12 +117,14 @@ class SparseAutoencoderTransformer(
         Number of active latents per sample for ``"topk"`` (at most) and ``"batchtopk"``
         (on average); at most ``n_components``. Ignored by the other activations.
 
-    alpha : float, default=0.1
+    alpha : float, default=1.0
         Weight of the sparsity penalty of ``"relu"`` (L1) and ``"jumprelu"`` (L0),
-        against the squared reconstruction error summed over features. A good value
-        depends on the scale of ``X``: standardise or min-max scale it first. It warms up
-        linearly from 0 over the first 5% of the planned steps of ``fit``. Ignored by
-        ``"topk"`` and ``"batchtopk"``.
+        against the squared reconstruction error summed over features, so a good value
+        depends on the scale of ``X``. The default suits inputs with
+        ``E||x|| = sqrt(n_features)`` (``normalize_input="mean_norm"``), where it is
+        about one feature's worth of variance, and lands both penalties in a sparse code
+        (see the user guide). It warms up linearly from 0 over the first 5%
+        of the planned steps of ``fit``. Ignored by ``"topk"`` and ``"batchtopk"``.
 
     bandwidth : float, default=0.001
         Width of the rectangle kernel of ``"jumprelu"``'s straight-through estimators,
@@ -409,7 +411,7 @@ class SparseAutoencoderTransformer(
         *,
         activation="topk",
         k=16,
-        alpha=0.1,
+        alpha=1.0,
         bandwidth=0.001,
         aux_k=None,
         aux_coef=1 / 32,
