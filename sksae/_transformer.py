@@ -209,8 +209,8 @@ class SparseAutoencoderTransformer(
     warm_start : bool, default=False
         When the estimator is already fitted, ``fit`` continues instead of starting
         afresh. After a fit that ran to its end, it trains from the weights and
-        optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule,
-        no ``alpha`` warm-up, the input scale of the first fit). After a fit that was
+        optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule
+        without warm-ups, the input scale of the first fit). After a fit that was
         interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
         resumes that fit where it stopped, on the same ``X``, to the end it would have
         reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_``,
@@ -220,14 +220,14 @@ class SparseAutoencoderTransformer(
     partial_fit_samples : int or None, default=None
         The number of samples that ``partial_fit`` calls are planned to train on in all
         (counted by :attr:`n_samples_seen_`), for a stream of chunks to train as ``fit``
-        trains. ``None``: ``partial_fit`` trains at a constant learning rate with
-        ``alpha`` at full strength. An int: ``partial_fit`` follows ``fit``'s schedule
-        laid over that many samples, ``alpha`` warming up over the first 5% and the
-        learning rate decaying linearly to zero over the last 20%, reckoned in samples
-        whatever the sizes of the chunks. ``E`` passes over ``X`` of ``n`` samples in
-        chunks of multiples of ``batch_size``, with ``partial_fit_samples=E * n``, give
-        exactly the model of ``fit`` with ``max_iter=E``, ``shuffle=False`` and
-        ``max_no_improvement=None``. Samples past
+        trains. ``None``: ``partial_fit`` trains at a constant learning rate (after
+        ``learning_rate_warmup_steps``) with ``alpha`` at full strength. An int:
+        ``partial_fit`` follows ``fit``'s schedule laid over that many samples, ``alpha``
+        warming up over the first 5% and the learning rate decaying linearly to zero
+        over the last 20%, reckoned in samples whatever the sizes of the chunks. ``E``
+        passes over ``X`` of ``n`` samples in chunks of multiples of ``batch_size``, with
+        ``partial_fit_samples=E * n``, give exactly the model of ``fit`` with
+        ``max_iter=E``, ``shuffle=False`` and ``max_no_improvement=None``. Samples past
         the plan in a call train at a learning rate of zero, and a call once the plan is
         used up raises a ``ValueError``. Ignored by ``fit``.
 
@@ -623,10 +623,11 @@ class SparseAutoencoderTransformer(
                     best_stats = stats
             if self.verbose:
                 self._print_epoch(epoch, stats, validation_scores)
-            # While alpha warms up the loss rises with it: no plateau can be judged yet.
-            warmed_up = trainer.n_steps >= trainer.schedule.alpha_warmup_end
+            # While alpha warms up the loss rises with it, and while the learning rate does
+            # its progress is no guide: no plateau can be judged yet.
+            warming_up = trainer.schedule.warming_up(trainer.n_steps)
             cooling = trainer.schedule.decaying(trainer.n_steps)
-            if warmed_up and plateau.reached(monitored) and not cooling:
+            if not warming_up and plateau.reached(monitored) and not cooling:
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             snapshot.capture(trainer)
@@ -697,8 +698,9 @@ class SparseAutoencoderTransformer(
 
         The first call initialises the model from ``X`` (decoder bias at its geometric
         median); later calls continue it, Adam's moments and the dead-latent clocks
-        included. The learning rate is constant and ``alpha`` at full strength, unless
-        ``partial_fit_samples`` plans the calls' schedule. Parameters that fix the shape
+        included. The learning rate is constant (after ``learning_rate_warmup_steps``)
+        and ``alpha`` at full strength, unless ``partial_fit_samples`` plans the calls'
+        schedule. Parameters that fix the shape
         of the model (``n_components``, ``activation``, ``k``) cannot change between
         calls.
 

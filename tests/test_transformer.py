@@ -722,6 +722,10 @@ def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(
     for _ in range(3):
         constant.partial_fit(X)
     assert not np.array_equal(constant.components_, fitted.components_)
+    if warmup_steps:  # the warm-up took part: without it, fit gives another model
+        params["learning_rate_warmup_steps"] = 0
+        cold = _sae(max_iter=3, shuffle=False, max_no_improvement=None, **params).fit(X)
+        assert not np.array_equal(cold.components_, fitted.components_)
 
 
 def test_the_plan_of_partial_fit_is_reckoned_in_samples_whatever_the_chunks(superposition_small):

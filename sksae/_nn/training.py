@@ -68,6 +68,10 @@ class Schedule:
         decay = (self.decay_start + self.decay_steps - step) / max(self.decay_steps, 1)
         return warm_up * max(0.0, decay)
 
+    def warming_up(self, step):
+        """Whether ``alpha`` or the learning rate is still warming up at ``step``."""
+        return step < max(self.alpha_warmup_end, self.learning_rate_warmup_steps)
+
     def decay_over(self, start, n_steps):
         """Anneal linearly to zero over ``n_steps`` from ``start``."""
         self.decay_start, self.decay_steps = start, n_steps
