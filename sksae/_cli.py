@@ -18,9 +18,9 @@ shard; those of one file come in the order the file lists them. One array trains
 one minibatch at a time. Several shards train with ``partial_fit``, one shard in memory
 at a time, ``--max-iter`` passes over them all, in order, with the learning-rate schedule
 of ``fit`` laid over those passes (``partial_fit_samples``) but no early end: shuffle the
-samples across shards beforehand. ``evaluate`` encodes the shards chunk
-by chunk into sparse codes and keeps only running sums. So no command holds more than
-one shard in memory, nor all the codes.
+samples across shards beforehand. ``evaluate`` encodes the shards chunk by chunk into
+sparse codes and keeps only running sums. So no command holds more than one shard in
+memory, nor all the codes.
 
 Errors in the command line, the data or the parameters print one line,
 ``sksae: error: ...``, on stderr and exit with status 2; Ctrl-C during ``fit`` saves the
