@@ -579,12 +579,13 @@ class SparseAutoencoderTransformer(
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
         units of ``normalize_input``; callbacks see the user's ``X``. When the monitored
         quantity (the validation FVU with ``early_stopping``, else the training loss)
-        reaches a plateau after the warm-up of ``alpha``, the learning rate anneals
-        linearly to zero over a cool-down of a quarter as many epochs as were run (at
-        least one), then the fit ends. ``history`` is the :class:`_History` to continue
-        (the fitted model's for a warm start). ``progress`` is where this
-        fit starts: its seed, the epochs it has already run and its plateau counter
-        (``_fit_progress`` of an interrupted fit, which each epoch records).
+        reaches a plateau after the warm-ups (of ``alpha`` and of the learning rate), the
+        learning rate anneals linearly to zero over a cool-down of a quarter as many
+        epochs as were run (at least one), then the fit ends. ``history`` is the
+        :class:`_History` to continue (the fitted model's for a warm start).
+        ``progress`` is where this fit starts: its seed, the epochs it has already run
+        and its plateau counter (``_fit_progress`` of an interrupted fit, which each
+        epoch records).
 
         Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
         the estimator then holds the last completed epoch. One within the first epoch
@@ -700,9 +701,8 @@ class SparseAutoencoderTransformer(
         median); later calls continue it, Adam's moments and the dead-latent clocks
         included. The learning rate is constant (after ``learning_rate_warmup_steps``)
         and ``alpha`` at full strength, unless ``partial_fit_samples`` plans the calls'
-        schedule. Parameters that fix the shape
-        of the model (``n_components``, ``activation``, ``k``) cannot change between
-        calls.
+        schedule. Parameters that fix the shape of the model (``n_components``,
+        ``activation``, ``k``) cannot change between calls.
 
         Parameters
         ----------
