@@ -501,6 +501,16 @@ def test_sparse_input_gives_the_model_of_its_dense_twin(activation):
     assert sparse.n_iter_ == dense.n_iter_ + 1
 
 
+@pytest.mark.parametrize("fmt", [sp.csr_array, sp.csc_matrix])
+def test_sparse_input_is_scored_like_its_dense_twin_far_from_the_origin(fmt):
+    # float32 rows around 1000: scipy's own float32 sums, or sum ||x||^2 - n ||mean||^2,
+    # lose the variance (0.01 per feature) to round-off.
+    X = (1000 + 0.1 * np.random.default_rng(0).standard_normal((5000, 4))).astype(np.float32)
+    X[:, 0] = 0
+    sae = _sae(n_components=8, k=2, max_iter=2).fit(X)
+    assert sae.score(fmt(X)) == pytest.approx(sae.score(X), rel=1e-9)
+
+
 def _traced_peak(fn):
     """``fn()`` and the peak of the memory Python and numpy allocated while it ran.
 

@@ -126,8 +126,7 @@ class HostRows:
         return torch.from_numpy(rows).to(self.device)
 
     def mean(self):
-        # numpy and scipy reduce without a dense copy of the data.
-        mean = np.asarray(self.X.mean(axis=0, dtype=np.float64)).ravel()
+        mean = column_means(self.X)
         return torch.from_numpy(mean).to(self.device, _torch_dtype(self.X.dtype))
 
     def variance(self):
@@ -136,10 +135,36 @@ class HostRows:
         return self._variance
 
 
+def column_means(X):
+    """The mean row of a numpy array or scipy.sparse matrix, in float64, without a dense
+    copy of ``X``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from sksae._nn.batches import column_means
+    >>> X = np.array([[0.0, 2.0], [2.0, 0.0], [4.0, 0.0]])
+    >>> column_means(X).tolist(), column_means(sp.csr_array(X)).tolist()
+    ([2.0, 0.6666666666666666], [2.0, 0.6666666666666666])
+    """
+    if not sp.issparse(X):
+        return np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+    # Not X.mean(dtype=np.float64): scipy sums in the matrix's own dtype and casts the
+    # result, so float32 round-off grows with the number of rows.
+    sums = np.zeros(X.shape[1])
+    for columns, values in _stored_entries(X):
+        sums += np.bincount(columns, weights=values, minlength=X.shape[1])
+    return sums / X.shape[0]
+
+
 def squared_deviation_sum(X):
     """``sum_i ||x_i - mean(X)||^2`` in float64, without a dense copy of ``X``.
 
-    Sparse: ``sum ||x||^2 - n ||mean||^2``. Dense: by chunks of about a million values.
+    Dense: by chunks of about a million values. Sparse: per column, the squared
+    deviations of the stored entries plus ``mean^2`` for each implicit zero; the shortcut
+    ``sum ||x||^2 - n ||mean||^2`` would cancel catastrophically for data far from the
+    origin.
 
     Examples
     --------
@@ -150,15 +175,30 @@ def squared_deviation_sum(X):
     >>> squared_deviation_sum(X), squared_deviation_sum(sp.csr_array(X))
     (4.0, 4.0)
     """
-    mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+    mean = column_means(X)
     if sp.issparse(X):
-        squared_norms = sp.csr_array(X).power(2).sum(dtype=np.float64)
-        return float(squared_norms - X.shape[0] * (mean @ mean))
+        total, stored_per_column = 0.0, np.zeros(X.shape[1])
+        for columns, values in _stored_entries(X):
+            total += float(np.square(values - mean[columns]).sum())
+            stored_per_column += np.bincount(columns, minlength=X.shape[1])
+        return total + float((X.shape[0] - stored_per_column) @ np.square(mean))
     chunk_rows = rows_per_chunk(X.shape[1])
     return sum(
         float(np.square(X[start : start + chunk_rows] - mean).sum())
         for start in range(0, X.shape[0], chunk_rows)
     )
+
+
+def _stored_entries(X):
+    """Yield the column indices and float64 values of the entries a scipy.sparse ``X``
+    stores, about a million at a time, each position once."""
+    X = sp.csr_array(X)
+    if not X.has_canonical_format:  # duplicate entries add up: merge them, on a copy
+        X = X.copy()
+        X.sum_duplicates()
+    for start in range(0, X.nnz, CHUNK_VALUES):
+        stop = start + CHUNK_VALUES
+        yield X.indices[start:stop], X.data[start:stop].astype(np.float64)
 
 
 def map_rows(fn, X, *, device, chunk_rows=INFERENCE_CHUNK_ROWS):
