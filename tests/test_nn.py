@@ -187,6 +187,20 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     assert trainer.aux_loss(x, pre, residual).item() == pytest.approx(expected, rel=1e-10)
 
 
+def test_auxk_skips_a_batch_whose_residuals_do_not_spread():
+    # 65 rows in batches of 64: the last batch is one row, whose residual equals its mean.
+    X = torch.randn(65, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = _model_with_dead_latents()
+    trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=3, coef=1.0, dead_steps=1))
+    for _ in range(3):
+        trainer.run_epoch(DenseRows(X), batch_size=64)
+    for state in trainer.optimizer.state.values():
+        assert all(torch.isfinite(moment).all() for moment in state.values())
+    x = X[:1].expand(4, 6)  # identical rows: no spread either
+    pre = model.pre_activation(x).detach()
+    assert trainer.aux_loss(x, pre, torch.ones(4, 6, dtype=torch.float64)).item() == 0.0
+
+
 def test_auxk_revives_dead_latents():
     X = torch.randn(512, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     alive = {}

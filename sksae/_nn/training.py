@@ -288,7 +288,11 @@ class Trainer:
         residual_hat = self.model.decode_directions(Code(values, indices))
         error = (residual - residual_hat).square().sum()
         scale = (residual - residual.mean(dim=0)).square().sum()
-        return error / scale.clamp_min(torch.finfo(scale.dtype).tiny)
+        # Residuals that do not spread (a batch of one row, or of identical rows) leave
+        # nothing to normalise by: no term, where dividing by ~0 would put inf into Adam's
+        # moments and freeze the dead latents for good.
+        spread = scale > torch.finfo(scale.dtype).eps * residual.square().sum()
+        return torch.where(spread, error / torch.where(spread, scale, 1.0), 0.0)
 
     def step(self, x):
         """One Adam step on the batch ``x``; returns the objective, the squared error
