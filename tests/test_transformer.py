@@ -275,21 +275,45 @@ def test_pursuit_over_k_candidates_refits_the_encoders_choice(superposition_smal
         np.testing.assert_allclose(refit[row, candidates[row]], exact, atol=1e-4)
 
 
-def test_refit_over_every_candidate_matches_exact_nonnegative_least_squares():
+def _collinear_atoms(generator):
+    atoms = torch.randn(6, 16, generator=generator, dtype=torch.float64)
+    atoms[5] = atoms[4]  # the solves must stay defined
+    return atoms
+
+
+def _correlated_atoms(generator):
+    # Every atom 0.9 along one shared direction: an ill-conditioned Gram matrix.
+    shared = torch.randn(16, generator=generator, dtype=torch.float64)
+    return 0.9 * shared + 0.44 * torch.randn(8, 16, generator=generator, dtype=torch.float64)
+
+
+# Coordinate descent converges slowly along ill-conditioned directions: on correlated
+# atoms it is close on average but a few percent off on the worst rows.
+@pytest.mark.parametrize(
+    "make_atoms, worst_excess", [(_collinear_atoms, 1e-3), (_correlated_atoms, 0.05)]
+)
+def test_refit_over_every_candidate_matches_exact_nonnegative_least_squares(
+    make_atoms, worst_excess
+):
     from sksae._nn.pursuit import pursue
 
     generator = torch.Generator().manual_seed(0)
-    atoms = torch.nn.functional.normalize(
-        torch.randn(6, 16, generator=generator, dtype=torch.float64), dim=1
-    )
-    atoms[5] = atoms[4]  # collinear candidates: the solves must stay defined
+    atoms = torch.nn.functional.normalize(make_atoms(generator), dim=1)
+    n_atoms = len(atoms)
     # Random targets: most rows' unconstrained least squares has negative values.
     x = torch.randn(200, 16, generator=generator, dtype=torch.float64)
-    code = pursue(x, atoms, torch.arange(6).expand(200, 6), n_nonzero=6)
+    candidates = torch.arange(n_atoms).expand(200, n_atoms)
+    code = pursue(x, atoms, candidates, n_nonzero=n_atoms)
     assert code.values.isfinite().all() and (code.values >= 0).all()
     errors = ((x - code.values @ atoms) ** 2).sum(dim=1).numpy()
     exact = np.array([nnls(atoms.T.numpy(), row)[1] ** 2 for row in x.numpy()])
-    np.testing.assert_allclose(errors, exact, rtol=1e-3)
+    assert (errors <= (x**2).sum(dim=1).numpy()).all()  # never worse than the zero code
+    excess = errors / exact - 1
+    assert excess.mean() < 1e-3 and excess.max() < worst_excess
+    # Greedy pursuit of fewer atoms: never worse than no atom at all.
+    code = pursue(x, atoms, candidates, n_nonzero=3)
+    errors = ((x - code.values @ atoms) ** 2).sum(dim=1)
+    assert (errors <= (x**2).sum(dim=1)).all()
 
 
 @pytest.mark.parametrize(

@@ -21,9 +21,9 @@ from .sparsifiers import Code
 #: blocks of at most this many values, about 64 MB in float32, whatever the shape.
 BLOCK_VALUES = 2**24
 
-#: Projected-gradient steps of each non-negative least-squares refit. Each refit starts
-#: from the previous one, which is already close: a few steps suffice.
-NNLS_STEPS = 10
+#: Coordinate-descent sweeps of each non-negative least-squares refit. Each refit starts
+#: close to its answer (from the previous pick's, or from least squares): a few suffice.
+NNLS_SWEEPS = 5
 
 #: Ridge, relative to the Gram matrix's mean diagonal, of the least-squares solves that
 #: start a refit over all candidates.
@@ -80,19 +80,23 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
     atoms = decoder[candidates]  # [rows, c, n_features]
     gram = atoms @ atoms.transpose(1, 2)
     target = (atoms @ residual.unsqueeze(2)).squeeze(2)  # <atom, residual>
-    if n_nonzero >= candidates.shape[1]:
+    n_rows, n_candidates = target.shape
+    if n_nonzero >= n_candidates:
         # Every candidate gets picked, so the greedy order cannot matter: one refit over
         # all of them, from a start that is usually the answer already.
-        picked = torch.ones_like(target, dtype=torch.bool)
+        positions = [(slice(None), column) for column in range(n_candidates)]
         start = _least_squares_on_a_positive_support(gram, target)
-        return _nonnegative_least_squares(gram, target, picked, start)
-    picked = torch.zeros_like(target, dtype=torch.bool)
-    values = torch.zeros_like(target)
-    rows = torch.arange(target.shape[0], device=target.device)
-    for _ in range(n_nonzero):
-        correlation = target - (gram @ values.unsqueeze(2)).squeeze(2)
-        picked[rows, correlation.masked_fill(picked, -torch.inf).argmax(dim=1)] = True
-        values = _nonnegative_least_squares(gram, target, picked, values)
+        values = _nonnegative_least_squares(gram, target, positions, start)
+    else:
+        picked = torch.zeros_like(target, dtype=torch.bool)
+        values = torch.zeros_like(target)
+        rows = torch.arange(n_rows, device=target.device)
+        positions = []
+        for _ in range(n_nonzero):
+            correlation = target - (gram @ values.unsqueeze(2)).squeeze(2)
+            positions.append((rows, correlation.masked_fill(picked, -torch.inf).argmax(dim=1)))
+            picked[positions[-1]] = True
+            values = _nonnegative_least_squares(gram, target, positions, values)
     return values
 
 
@@ -101,9 +105,11 @@ def _least_squares_on_a_positive_support(gram, target):
 
     Each of ``LEAST_SQUARES_ROUNDS`` rounds solves ``gram @ v = target`` restricted to
     the atoms still in, and drops those solved below zero. Where no value is negative
-    this is the non-negative least-squares solution; elsewhere the refit's
-    projected-gradient steps finish the work. A ridge of ``RIDGE`` times the mean
-    diagonal keeps each solve defined when candidate atoms are (nearly) collinear.
+    this is the non-negative least-squares solution; elsewhere the refit's coordinate
+    descent finishes the work. A ridge of ``RIDGE`` times the mean diagonal keeps each
+    solve defined when candidate atoms are (nearly) collinear. A row whose start
+    reconstructs worse than no atom at all (possible with ill-conditioned candidates)
+    starts from 0 instead: the descent then never ends worse than the zero code.
     """
     ridge = RIDGE * gram.diagonal(dim1=1, dim2=2).mean(dim=1)[:, None, None]
     eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
@@ -114,21 +120,30 @@ def _least_squares_on_a_positive_support(gram, target):
         values = torch.linalg.solve_ex(restricted + ridge * eye, target * kept).result
         values = torch.where(values.isfinite(), values, 0.0) * kept
         kept = kept * (values >= 0)
-    return values.clamp_min(0)
+    values = values.clamp_min(0)
+    # The objective of the refit, v^T G v / 2 - v^T target, is 0 for the zero code.
+    objective = ((gram @ values.unsqueeze(2)).squeeze(2) / 2 - target).mul(values).sum(dim=1)
+    return torch.where(objective[:, None] <= 0, values, 0.0)
 
 
-def _nonnegative_least_squares(gram, target, picked, start):
-    """Refit, by projected gradient, the values of the ``picked`` atoms of each row.
+def _nonnegative_least_squares(gram, target, positions, start):
+    """Refit, by coordinate descent, the values at ``positions`` of each row.
 
-    Minimises ``v^T G v / 2 - v^T target`` over ``v >= 0`` supported on ``picked``.
-    The step is the inverse of a Gershgorin bound of the picked Gram block's largest
-    eigenvalue, which makes every step a descent step.
+    Minimises ``v^T G v / 2 - v^T target`` over ``v >= 0`` supported on the
+    ``positions``, the other values of ``start`` being 0. Each position indexes one
+    candidate per row: ``(slice(None), j)`` the same one in every row, ``(rows, columns)``
+    one per row; a row's positions are distinct. Each update minimises the objective
+    exactly along one coordinate, so none increases it, whatever the conditioning of the
+    Gram matrix.
     """
-    mask = picked.to(gram.dtype)
-    gram = gram * (mask.unsqueeze(1) * mask.unsqueeze(2))
-    step = 1.0 / gram.abs().sum(dim=2).amax(dim=1, keepdim=True).clamp_min(1e-12)
-    values = start
-    for _ in range(NNLS_STEPS):
-        gradient = (gram @ values.unsqueeze(2)).squeeze(2) - target
-        values = (values - step * gradient).clamp_min(0) * mask
+    values = start.clone()
+    # The minimiser along coordinate j is v_j + (target_j - G_j . v) / G_jj, clipped at 0.
+    inverse_curvature = 1 / gram.diagonal(dim1=1, dim2=2).clamp_min(torch.finfo(gram.dtype).tiny)
+    scaled_target = target * inverse_curvature
+    for _ in range(NNLS_SWEEPS):
+        for position in positions:
+            correlation = torch.linalg.vecdot(gram[position], values)
+            value = values[position] + scaled_target[position]
+            value = value.addcmul_(correlation, inverse_curvature[position], value=-1)
+            values[position] = value.clamp_min_(0)
     return values
