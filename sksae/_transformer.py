@@ -611,7 +611,7 @@ class SparseAutoencoderTransformer(
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
-                self.__dict__.update(last_epoch())
+                self._set_fitted(last_epoch())
                 fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
                 return True
             history = history.after_pass(stats.loss, X_fit.shape[0])
@@ -661,11 +661,18 @@ class SparseAutoencoderTransformer(
             if stop or trainer.schedule.finished(trainer.n_steps):
                 break
         if last_epoch is not None:
-            self.__dict__.update(last_epoch())
+            self._set_fitted(last_epoch())
         # The fit ran to its end: a warm start trains anew.
         self._fit_progress = None
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         return False
+
+    def _set_fitted(self, attributes):
+        """Take a model's fitted attributes; a refit drops the last one's ``threshold_``
+        where the new activation has none."""
+        if "threshold_" not in attributes:
+            self.__dict__.pop("threshold_", None)
+        self.__dict__.update(attributes)
 
     def _epoch_attributes(self, snapshot, stats, history, validation_scores, best, scale, progress):
         """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
@@ -743,7 +750,7 @@ class SparseAutoencoderTransformer(
             history = history.after_pass(stats.loss, X.shape[0])
             # One read: a HostSnapshot's page-locked buffers pay off only when reused.
             state = trainer.full_state()
-            self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
+            self._set_fitted(self._fitted_attributes(state, stats, history, scale))
             self._finish_fit(X)
         return self
 

@@ -50,6 +50,21 @@ def test_same_seed_gives_bitwise_identical_model(superposition_small, activation
     assert not np.array_equal(first.components_, different.components_)
 
 
+@pytest.mark.parametrize(
+    "estimator", [SparseAutoencoderTransformer, sksae.SparseAutoencoderOutlierDetector]
+)
+@pytest.mark.parametrize("first, second", [("jumprelu", "topk"), ("batchtopk", "relu")])
+def test_a_refit_with_another_activation_is_the_fresh_fit(
+    superposition_small, estimator, first, second
+):
+    X, _ = superposition_small
+    params = dict(n_components=32, k=3, max_iter=2, random_state=0)
+    refit = estimator(activation=first, **params).fit(X).set_params(activation=second).fit(X)
+    fresh = estimator(activation=second, **params).fit(X)
+    assert not hasattr(refit, "threshold_")
+    np.testing.assert_array_equal(refit.transform(X), fresh.transform(X))
+
+
 def test_fit_leaves_global_torch_rng_untouched(superposition_small):
     X, _ = superposition_small
     torch.manual_seed(123)
