@@ -89,9 +89,7 @@ def save(estimator, path):
         )
     if not hasattr(estimator, "components_"):
         raise ValueError(f"This {type(estimator).__name__} is not fitted yet: nothing to save.")
-    params = estimator.get_params()
-    if not (params["random_state"] is None or isinstance(params["random_state"], int)):
-        params["random_state"] = None
+    params = {name: _json_param(name, value) for name, value in estimator.get_params().items()}
     tensors = {}
     state = {name: _encode(value, name, tensors) for name, value in _fitted_state(estimator)}
     config = {
@@ -110,6 +108,21 @@ def save(estimator, path):
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomically(directory / WEIGHTS_FILE, weights)
     _write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=1).encode())
+
+
+def _json_param(name, value):
+    """A parameter's value as JSON can hold it; numpy scalars (a grid built with
+    ``np.arange``, say) become Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if name == "random_state" and not (value is None or isinstance(value, int)):
+        return None  # a RandomState instance only seeded the fit
+    if value is not None and not isinstance(value, (str, int, float)):
+        raise TypeError(
+            f"Cannot save the parameter {name}={value!r}: save writes parameters as JSON "
+            "numbers, strings, booleans or None."
+        )
+    return value
 
 
 def load(path):

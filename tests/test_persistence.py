@@ -201,6 +201,20 @@ def test_non_finite_weights_are_rejected(superposition_small, tmp_path):
         sksae.load(tmp_path)
 
 
+def test_numpy_scalar_parameters_are_saved_as_numbers(superposition_small, tmp_path):
+    # As a grid built with np.arange or np.logspace hands them to set_params.
+    X = superposition_small[0]
+    params = dict(n_components=np.int64(32), k=np.int64(2), learning_rate=np.float32(1e-3))
+    model = _fit(X=X, random_state=np.int64(3), **params)
+    sksae.save(model, tmp_path)
+    loaded = sksae.load(tmp_path)
+    assert loaded.get_params() == model.get_params()
+    assert type(loaded.n_components) is int and loaded.random_state == 3
+    # What JSON cannot hold is named.
+    with pytest.raises(TypeError, match="Cannot save the parameter device=device"):
+        sksae.save(model.set_params(device=torch.device("cpu")), tmp_path)
+
+
 def test_only_fitted_sksae_estimators_are_saved(tmp_path):
     with pytest.raises(ValueError, match="not fitted"):
         sksae.save(SparseAutoencoderTransformer(), tmp_path)
