@@ -570,6 +570,13 @@ class SparseAutoencoderTransformer(
                 f"validation_fraction={self.validation_fraction} of {n_samples} samples "
                 "leaves none to train on; pass more samples or set early_stopping=False."
             )
+        if n_validation < 2:
+            raise ValueError(
+                f"validation_fraction={self.validation_fraction} of {n_samples} samples "
+                "holds out 1 sample, which has no variance for early stopping's FVU to "
+                "explain; raise validation_fraction, pass more samples or set "
+                "early_stopping=False."
+            )
         order = torch.randperm(n_samples, generator=generator).numpy()
         return X[np.sort(order[n_validation:])], X[np.sort(order[:n_validation])]
 
@@ -598,7 +605,7 @@ class SparseAutoencoderTransformer(
         first_epoch = progress["epoch"]
         fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
-        validation_scores, last_epoch, best_stats = [], None, None
+        validation_scores, last_epoch, best_stats, best_score = [], None, None, None
         # Host copies of the latest epoch's state and of the best-validated one.
         snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
@@ -619,9 +626,11 @@ class SparseAutoencoderTransformer(
             if X_val_rows is not None:
                 monitored = evaluate_fvu(trainer.model, X_val_rows)
                 validation_scores.append(1.0 - monitored)
-                if validation_scores[-1] == max(validation_scores):
+                # The first epoch is the best so far even if its score is NaN (held-out
+                # rows all equal: no variance to explain).
+                if best_score is None or validation_scores[-1] > best_score:
                     best.capture(trainer)
-                    best_stats = stats
+                    best_stats, best_score = stats, validation_scores[-1]
             if self.verbose:
                 self._print_epoch(epoch, stats, validation_scores)
             # While alpha warms up the loss rises with it, and while the learning rate does
@@ -650,7 +659,7 @@ class SparseAutoencoderTransformer(
                 stats,
                 history,
                 list(validation_scores),
-                (best, best_stats) if X_val_rows is not None else None,
+                (best, best_stats, best_score) if X_val_rows is not None else None,
                 scale,
                 resume_from,
             )
@@ -676,18 +685,18 @@ class SparseAutoencoderTransformer(
 
     def _epoch_attributes(self, snapshot, stats, history, validation_scores, best, scale, progress):
         """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
-        with the weights of the best-validated epoch (``best``: its snapshot and stats)
-        under early stopping, and the ``progress`` a resumed fit starts from."""
+        with the weights of the best-validated epoch (``best``: its snapshot, stats and
+        score) under early stopping, and the ``progress`` a resumed fit starts from."""
         attributes = self._fitted_attributes(snapshot.read(), stats, history, scale)
         attributes["_fit_progress"] = progress
         attributes["validation_scores_"] = attributes["best_validation_score_"] = None
         if best is not None:
-            best_snapshot, best_stats = best
+            best_snapshot, best_stats, best_score = best
             attributes.update(
                 self._model_attributes(best_snapshot.read()["model"], best_stats, scale)
             )
             attributes["validation_scores_"] = validation_scores
-            attributes["best_validation_score_"] = max(validation_scores)
+            attributes["best_validation_score_"] = best_score
         return attributes
 
     def _print_epoch(self, epoch, stats, validation_scores):

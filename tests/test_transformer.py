@@ -495,9 +495,19 @@ def test_early_stopping_restores_the_weights_of_the_best_validation_epoch(superp
     assert without.validation_scores_ is None and without.best_validation_score_ is None
 
 
-def test_early_stopping_needs_samples_to_train_on():
+def test_early_stopping_needs_samples_to_train_on_and_to_validate_on():
     with pytest.raises(ValueError, match="leaves none to train on"):
         _sae(early_stopping=True, validation_fraction=0.5).fit(np.ones((1, 3)))
+    X = np.random.default_rng(0).standard_normal((1000, 3))
+    with pytest.raises(ValueError, match="holds out 1 sample, which has no variance"):
+        _sae(early_stopping=True, validation_fraction=0.001).fit(X)
+
+
+def test_early_stopping_on_constant_data_keeps_the_first_epoch():
+    # Held-out rows all equal: the FVU is undefined (NaN) every epoch.
+    sae = _sae(early_stopping=True, max_iter=3, max_no_improvement=None).fit(np.ones((100, 3)))
+    assert len(sae.validation_scores_) == 3 and np.isnan(sae.best_validation_score_)
+    assert np.isfinite(sae.transform(np.ones((2, 3)))).all()
 
 
 def test_verbose_prints_one_line_per_epoch(superposition_small, capsys):
