@@ -941,6 +941,16 @@ def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation
     assert _state(fitted.set_params(learning_rate=None)) == state
 
 
+def test_data_louder_than_the_first_batch_is_not_divergence():
+    # Divergence is judged against the same epoch's rows, not the model's first batch.
+    X = np.random.default_rng(0).standard_normal((2000, 16))
+    sae = _sae(n_components=64, k=4).partial_fit(0.01 * X[:500])
+    assert np.isfinite(sae.partial_fit(X[500:1000]).loss_curve_).all()
+    quiet_start = X.copy()
+    quiet_start[:256] *= 0.001
+    assert _sae(n_components=64, k=4, max_iter=3, shuffle=False).fit(quiet_start).n_iter_ == 3
+
+
 # ---------------------------------------------------------------- quality
 
 

@@ -15,8 +15,9 @@ from .batches import rows_per_chunk
 from .sparsifiers import Code, count_true
 
 #: An epoch's mean loss above this multiple of the reference loss (the loss of the
-#: all-zero code plus the mean squared norm of the data) means the fit is running away: a
-#: working SAE never does orders of magnitude worse than reconstructing nothing.
+#: all-zero code plus the mean squared norm of the data, over the same epoch) means the
+#: fit is running away: a working SAE never does orders of magnitude worse than
+#: reconstructing nothing.
 DIVERGENCE_FACTOR = 1e3
 
 
@@ -181,8 +182,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
         device = model.W_dec.device
         self.n_steps = 0
-        # The yardstick of divergence, measured on the first batch.
-        self.reference_loss = None
         self.steps_since_fired = torch.zeros(model.n_latents, dtype=torch.int64, device=device)
         self._pre_buffer = None
         # The latents AuxK trains until the next check, as a mask and as indices (None
@@ -297,12 +296,6 @@ class Trainer:
     def step(self, x):
         """One Adam step on the batch ``x``; returns the objective, the squared error
         (detached) and the code of :meth:`loss`."""
-        if self.reference_loss is None:
-            # The data's own scale enters too: with a single sample, the zero-code loss
-            # is 0 and any rounding error would look like divergence.
-            with torch.no_grad():
-                zero_code_loss = (x - self.model.b_dec).square().sum(dim=1).mean()
-                self.reference_loss = float(zero_code_loss + x.square().sum(dim=1).mean())
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate * self.schedule.learning_rate_factor(self.n_steps)
         if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
@@ -330,26 +323,33 @@ class Trainer:
         in minibatches, shuffled when a generator is given.
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
-        is non-finite or more than ``DIVERGENCE_FACTOR`` times the reference loss.
+        is non-finite or more than ``DIVERGENCE_FACTOR`` times the reference loss of the
+        same rows.
         """
         n_samples = len(X)
         order = None
         if generator is not None:
             order = torch.randperm(n_samples, generator=generator).to(X.device)
-        # Sums of the loss, the squared error and the active count, in float64.
-        sums = torch.zeros(3, dtype=torch.float64, device=X.device)
+        # Sums of the loss, the squared error, the active count and the reference loss,
+        # in float64.
+        sums = torch.zeros(4, dtype=torch.float64, device=X.device)
         fired = torch.zeros(self.model.n_latents, dtype=torch.float64, device=X.device)
         for start in range(0, n_samples, batch_size):
             rows = slice(start, start + batch_size)
             batch = X.take(rows if order is None else order[rows])
+            with torch.no_grad():
+                # The data's own scale enters too: with a single sample, the zero-code
+                # loss is 0 and any rounding error would look like divergence.
+                reference = (batch - self.model.b_dec).square().sum(dtype=torch.float64)
+                reference += batch.square().sum(dtype=torch.float64)
             loss, squared_error, code = self.step(batch)
             fired_now = _firings(code, self.model.n_latents, fired.dtype)
             n_rows = batch.shape[0]
-            sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum()])
+            sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
-        loss, squared_error, active = (sums / n_samples).tolist()
-        self._check_divergence(loss)
+        loss, squared_error, active, reference = (sums / n_samples).tolist()
+        self._check_divergence(loss, reference)
         variance = X.variance()
         return EpochStats(
             loss=loss,
@@ -358,12 +358,13 @@ class Trainer:
             feature_density=(fired / n_samples).cpu(),
         )
 
-    def _check_divergence(self, loss):
-        limit = DIVERGENCE_FACTOR * max(self.reference_loss, torch.finfo(torch.float32).tiny)
+    @staticmethod
+    def _check_divergence(loss, reference):
+        limit = DIVERGENCE_FACTOR * max(reference, torch.finfo(torch.float32).tiny)
         if not math.isfinite(loss) or loss > limit:
             raise TrainingDiverged(
-                f"the mean training loss reached {loss:.3g}, against {self.reference_loss:.3g} "
-                "for the all-zero code and the data's squared norm together"
+                f"the mean training loss reached {loss:.3g}, against {reference:.3g} for the "
+                "all-zero code and the data's squared norm together"
             )
 
     def full_state(self):
@@ -375,7 +376,6 @@ class Trainer:
         return {
             "optimizer": self.optimizer.state_dict(),
             "n_steps": self.n_steps,
-            "reference_loss": self.reference_loss,
             "steps_since_fired": self.steps_since_fired,
             "auxk_dead": self._auxk_dead,
         }
@@ -383,7 +383,6 @@ class Trainer:
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
         self.n_steps = state["n_steps"]
-        self.reference_loss = state["reference_loss"]
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
         # States saved before AuxK kept its candidates have none: __init__ then looks
         # them up at once.
