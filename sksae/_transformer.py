@@ -499,10 +499,7 @@ class SparseAutoencoderTransformer(
         warm = self.warm_start and hasattr(self, "components_")
         resumed = self.__dict__.get("_fit_progress") if warm else None
         with _rollback_on_error(self):
-            X = validate_data(
-                self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=not warm
-            )
-            _check_magnitude(X, "X")
+            X = self._validate_training_data(X, new_model=not warm)
             self._check_sparsifier_params()
             device = self._torch_device()
             if resumed is not None and X.shape[0] != resumed["n_samples"]:
@@ -516,7 +513,6 @@ class SparseAutoencoderTransformer(
             generator = torch.Generator().manual_seed(seed)
             if warm:
                 self._check_same_model_shape()
-                X = X.astype(self.components_.dtype, copy=False)
                 scale = self.input_scale_
             else:
                 scale = self._input_scale(X)
@@ -557,6 +553,13 @@ class SparseAutoencoderTransformer(
         if interrupted:
             raise KeyboardInterrupt
         return self
+
+    def _validate_training_data(self, X, *, new_model):
+        """``X`` validated for training: float32 or float64 for a new model, cast to the
+        dtype of the fitted one that continues (before the check of its magnitude)."""
+        dtype = _FLOAT_DTYPES if new_model else self.components_.dtype
+        X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=dtype, reset=new_model)
+        return _check_magnitude(X, "X")
 
     def _split_validation(self, X, generator):
         """``(X_fit, X_val)``: a random ``validation_fraction`` held out for early
@@ -736,10 +739,7 @@ class SparseAutoencoderTransformer(
         with _rollback_on_error(self):
             # _fit_context validates parameters on the first call only.
             self._validate_params()
-            # Later calls cast X to the dtype the model was fitted in.
-            dtype = _FLOAT_DTYPES if first_call else self.components_.dtype
-            X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=dtype, reset=first_call)
-            _check_magnitude(X, "X")
+            X = self._validate_training_data(X, new_model=first_call)
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:

@@ -941,6 +941,18 @@ def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation
     assert _state(fitted.set_params(learning_rate=None)) == state
 
 
+def test_a_warm_fit_checks_the_data_in_the_fitted_dtype():
+    X = np.random.default_rng(0).standard_normal((500, 8))
+    sae = _sae(n_components=16, k=2, max_iter=2).fit(X.astype(np.float32))
+    state = _state(sae)
+    sae.set_params(warm_start=True)
+    with pytest.raises(ValueError, match="beyond what float32 arithmetic"):
+        sae.fit(X * 1e20)  # finite in float32, but its squares are not
+    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match="infinity"):
+        sae.fit(X * 1e39)  # infinite in float32
+    assert _state(sae.set_params(warm_start=False)) == state
+
+
 def test_data_louder_than_the_first_batch_is_not_divergence():
     # Divergence is judged against the same epoch's rows, not the model's first batch.
     X = np.random.default_rng(0).standard_normal((2000, 16))
