@@ -18,7 +18,11 @@ from sklearn.base import (
 )
 from sklearn.callback import CallbackSupportMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from sklearn.utils.extmath import row_norms
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
@@ -55,6 +59,8 @@ _MEDIAN_SAMPLE_VALUES = 2**22
 _ALPHA_WARMUP_FRACTION = 0.05
 #: Fraction of a fit over which the learning rate decays linearly to 0 at its end.
 _DECAY_FRACTION = 0.2
+#: Parameters read by transform, score and their kin, which may change after fit.
+_INFERENCE_PARAMS = ("transform_algorithm", "transform_n_candidates", "sparse_output")
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
 #: rolls back everything else.
 _CALLBACK_ATTRIBUTES = frozenset({"_callback_fit_ctx", "_skl_callbacks_to_teardown"})
@@ -215,7 +221,7 @@ class SparseAutoencoderTransformer(
         resumes that fit where it stopped, on the same ``X``, to the end it would have
         reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_``,
         ``n_steps_`` and ``n_samples_seen_`` keep counting. ``n_components``,
-        ``activation`` and ``k`` cannot change.
+        ``activation``, ``k`` and ``bandwidth`` cannot change.
 
     partial_fit_samples : int or None, default=None
         The number of samples that ``partial_fit`` calls are planned to train on in all
@@ -720,8 +726,9 @@ class SparseAutoencoderTransformer(
         median); later calls continue it, Adam's moments and the dead-latent clocks
         included. The learning rate is constant (after ``learning_rate_warmup_steps``)
         and ``alpha`` at full strength, unless ``partial_fit_samples`` plans the calls'
-        schedule. Parameters that fix the shape of the model (``n_components``,
-        ``activation``, ``k``) cannot change between calls.
+        schedule. Parameters that fix the shape of the model or its encoder
+        (``n_components``, ``activation``, ``k``, ``bandwidth``) cannot change between
+        calls.
 
         Parameters
         ----------
@@ -929,12 +936,20 @@ class SparseAutoencoderTransformer(
             )
 
     def _check_same_model_shape(self):
-        fitted = self._fitted_sparsifier_params
-        if fitted != self._sparsifier_params() or self.components_.shape[0] != self.n_components:
+        """Refuse to continue the fitted model after a change of a parameter that fixes
+        its shape or its encoder, naming the parameters changed."""
+        fitted = {"n_components": self.components_.shape[0], **self._fitted_sparsifier_params}
+        current = {"n_components": self.n_components, **self._sparsifier_params()}
+        changed = [
+            f"{name}={current.get(name)!r} (fitted: {fitted.get(name)!r})"
+            for name in {**fitted, **current}
+            if name != "n_latents" and fitted.get(name) != current.get(name)
+        ]
+        if changed:
             raise ValueError(
-                "n_components, activation and k cannot change between partial_fit calls: "
-                f"the model was fitted with n_components={self.components_.shape[0]} and "
-                f"{fitted}. Call fit to train a new model."
+                "n_components, activation, k and bandwidth cannot change between "
+                f"partial_fit calls or into a warm start; got {', '.join(changed)}. Call fit "
+                "(warm_start=False) to train a new model."
             )
 
     def _new_model(self, X, generator, device):
@@ -1142,6 +1157,12 @@ class SparseAutoencoderTransformer(
 
     def _encoder(self):
         """``encode(model, x)``: the code of a chunk of rows by ``transform_algorithm``."""
+        # The parameters of inference may change after fit: checked at each use.
+        validate_parameter_constraints(
+            {name: self._parameter_constraints[name] for name in _INFERENCE_PARAMS},
+            {name: getattr(self, name) for name in _INFERENCE_PARAMS},
+            caller_name=type(self).__name__,
+        )
         if self.transform_algorithm == "encoder":
             return lambda model, x: model.encode(x)
         fitted = self._fitted_sparsifier_params

@@ -336,6 +336,8 @@ def test_refit_over_every_candidate_matches_exact_nonnegative_least_squares(
     [
         (dict(activation="relu", transform_algorithm="pursuit"), "needs activation='topk'"),
         (dict(k=3, transform_algorithm="pursuit", transform_n_candidates=2), "at least k=3"),
+        (dict(transform_algorithm="Pursuit"), "'transform_algorithm' parameter"),
+        (dict(transform_algorithm="pursuit", transform_n_candidates=0), "transform_n_candidates"),
     ],
 )
 def test_pursuit_parameters_are_checked(superposition_small, params, match):
@@ -836,10 +838,14 @@ def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
     sae = _sae().partial_fit(X)
     state = _state(sae)
     for change in [dict(n_components=32), dict(k=2), dict(activation="relu")]:
-        with pytest.raises(ValueError, match="cannot change between partial_fit calls"):
+        name = next(iter(change))
+        with pytest.raises(ValueError, match=f"cannot change between partial_fit calls.*{name}"):
             sae.set_params(**change).partial_fit(X)
         sae.set_params(n_components=64, k=3, activation="topk")
         assert _state(sae) == state
+    jumprelu = _sae(activation="jumprelu").partial_fit(X)
+    with pytest.raises(ValueError, match=r"bandwidth=0\.01 \(fitted: 0\.001\)"):
+        jumprelu.set_params(bandwidth=0.01).partial_fit(X)
 
 
 # ---------------------------------------------------------------- bad input
