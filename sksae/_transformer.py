@@ -887,15 +887,26 @@ class SparseAutoencoderTransformer(
         }
 
     def _model_attributes(self, model_state, stats, scale):
-        """The weights, thresholds and firing statistics of a model's ``state_dict``."""
+        """The weights, thresholds and firing statistics of a model's ``state_dict``.
+
+        With a ``scale`` other than 1, the scaled attributes in training units are kept
+        too (``_training_units``): multiplying the user's units back by ``scale`` may
+        differ from them in the last bit, and a resumed fit must continue bit for bit.
+        """
+        in_training_units = {
+            "encoder_bias_": _to_numpy(model_state["b_enc"]),
+            "decoder_bias_": _to_numpy(model_state["b_dec"]),
+        }
+        if "sparsifier.threshold" in model_state:
+            in_training_units["threshold_"] = _to_numpy(model_state["sparsifier.threshold"])
         return {
             "components_": _to_numpy(model_state["W_dec"]),
             "encoder_weights_": _to_numpy(model_state["W_enc"]),
-            "encoder_bias_": _to_numpy(model_state["b_enc"]) / scale,
-            "decoder_bias_": _to_numpy(model_state["b_dec"]) / scale,
-            **_threshold_attribute(model_state.get("sparsifier.threshold"), scale),
+            # np.asarray: a 0-d array divided by a float is a numpy scalar, not an array.
+            **{name: np.asarray(value / scale) for name, value in in_training_units.items()},
             "feature_density_": stats.feature_density.numpy(),
             "dead_fraction_": float(np.mean(stats.feature_density.numpy() == 0)),
+            "_training_units": None if scale == 1.0 else in_training_units,
         }
 
     # ------------------------------------------------------------------ model construction
@@ -974,22 +985,29 @@ class SparseAutoencoderTransformer(
         the fitted arrays, as a failed call rolls back to them.
         """
         dtype = self.components_.dtype if dtype is None else dtype
-        # Training resumes in the units it ran in (see _fitted_attributes).
         scale = self.input_scale_ if training else 1.0
+        kept = self.__dict__.get("_training_units") or {}
 
-        def convert(array, dtype=dtype, scale=1.0):
-            return to_tensor(_scaled(array, scale).astype(dtype, copy=training), device)
+        def convert(name, dtype=dtype, scaled=False):
+            array = getattr(self, name)
+            if scaled and scale != 1.0:
+                # Training resumes in the units it ran in (see _model_attributes), from
+                # the copy kept in them while it still matches the attribute.
+                unscaled = kept.get(name)
+                same = unscaled is not None and np.array_equal(unscaled / scale, array)
+                array = unscaled if same else array * scale
+            return to_tensor(array.astype(dtype, copy=training), device)
 
         state = {}
         if hasattr(self, "threshold_"):
-            state["threshold"] = convert(self.threshold_, self.threshold_.dtype, scale)
+            state["threshold"] = convert("threshold_", self.threshold_.dtype, scaled=True)
         sparsifier = _make_sparsifier(self._fitted_sparsifier_params, **state)
         return SparseAutoencoder.from_tensors(
             sparsifier.to(device),
-            W_enc=convert(self.encoder_weights_),
-            b_enc=convert(self.encoder_bias_, scale=scale),
-            W_dec=convert(self.components_),
-            b_dec=convert(self.decoder_bias_, scale=scale),
+            W_enc=convert("encoder_weights_"),
+            b_enc=convert("encoder_bias_", scaled=True),
+            W_dec=convert("components_"),
+            b_dec=convert("decoder_bias_", scaled=True),
             requires_grad=training,
         )
 
@@ -1263,12 +1281,6 @@ def _make_sparsifier(params, **state):
 def _scaled(array, scale):
     """``array * scale``, without a copy when the scale is 1."""
     return array if scale == 1.0 else array * scale
-
-
-def _threshold_attribute(threshold, scale):
-    """``{"threshold_": ...}`` in the user's units for sparsifiers with one, else ``{}``."""
-    # np.asarray: a 0-d array divided by a float is a numpy scalar, not an array.
-    return {} if threshold is None else {"threshold_": np.asarray(_to_numpy(threshold) / scale)}
 
 
 def _seed(random_state):

@@ -684,14 +684,22 @@ def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
 
 
 # Interrupted one epoch into a plateau (one epoch of the two that trigger the cool-down).
-@pytest.mark.parametrize("activation, interrupted_epoch", [("topk", 7), ("relu", 10)])
+@pytest.mark.parametrize(
+    "activation, interrupted_epoch, normalize_input",
+    [("topk", 7, "none"), ("relu", 10, "none"), ("batchtopk", 7, "mean_norm")],
+)
 def test_an_interrupted_fit_resumes_to_the_uninterrupted_model(
-    superposition_small, monkeypatch, tmp_path, activation, interrupted_epoch
+    superposition_small, monkeypatch, tmp_path, activation, interrupted_epoch, normalize_input
 ):
     X, _ = superposition_small
     # ReLU's alpha warms up and both anneal their learning rate at a plateau: the
-    # schedule, the plateau counter and the shuffling generator must all resume.
+    # schedule, the plateau counter and the shuffling generator must all resume. With
+    # mean_norm, training runs on scaled data: its biases and threshold must resume in
+    # those units.
     params = dict(activation=activation, alpha=0.01, max_iter=20, tol=0.1, max_no_improvement=2)
+    params["normalize_input"] = normalize_input
+    if normalize_input == "mean_norm":
+        X = 3.7 * X  # a scale whose round trip through the user's units is inexact
     uninterrupted = _sae(**params).fit(X)
     assert uninterrupted.n_iter_ < 20  # the plateau's cool-down ended it
     sae = _sae(**params)
