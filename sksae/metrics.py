@@ -66,9 +66,9 @@ def l0(codes):
     >>> l0(np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]))
     1.0
     """
+    codes = _checked_codes(codes)
     if sp.issparse(codes):
         return float(codes.count_nonzero() / codes.shape[0])
-    codes = np.asarray(codes)
     return float(np.count_nonzero(codes) / codes.shape[0])
 
 
@@ -161,6 +161,7 @@ def dead_fraction(codes):
     >>> dead_fraction(np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 3.0, 0.0]]))
     0.5
     """
+    codes = _checked_codes(codes)
     if sp.issparse(codes):
         codes = sp.csr_array(codes)
         fired = np.bincount(codes.indices[codes.data != 0], minlength=codes.shape[1]) > 0
@@ -196,8 +197,8 @@ def mmcs(true_directions, learned_directions):
     >>> round(mmcs(true, np.array([[1.0, 1.0]])), 4)
     0.7071
     """
-    true = _unit_rows(true_directions)
-    learned = _unit_rows(learned_directions)
+    true = _unit_rows(true_directions, "true_directions")
+    learned = _unit_rows(learned_directions, "learned_directions")
     if true.shape[1] != learned.shape[1]:
         raise ValueError(
             f"true_directions has {true.shape[1]} features, learned_directions {learned.shape[1]}."
@@ -205,7 +206,21 @@ def mmcs(true_directions, learned_directions):
     return float(np.abs(true @ learned.T).max(axis=1).mean())
 
 
-def _unit_rows(A):
+def _checked_codes(codes):
+    """``codes`` as a 2-D array (or scipy.sparse matrix) with rows and columns."""
+    if not sp.issparse(codes):
+        codes = np.asarray(codes)
+    if codes.ndim != 2 or 0 in codes.shape:
+        raise ValueError(
+            f"codes must be a 2-D array with at least one row and one column, got shape "
+            f"{codes.shape}."
+        )
+    return codes
+
+
+def _unit_rows(A, name):
     A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] == 0:
+        raise ValueError(f"{name} must be a 2-D array with at least one row, got shape {A.shape}.")
     norms = np.linalg.norm(A, axis=1, keepdims=True)
     return A / np.maximum(norms, np.finfo(np.float64).tiny)

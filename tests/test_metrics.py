@@ -43,6 +43,22 @@ def test_mmcs_hand_computed():
         mmcs(true, np.ones((2, 3)))
 
 
+@pytest.mark.parametrize(
+    "codes", [np.zeros((0, 4)), np.zeros((3, 0)), np.zeros(4), sp.csr_array((0, 4))]
+)
+def test_code_metrics_reject_codes_without_rows_or_columns(codes):
+    for metric in (l0, dead_fraction):
+        with pytest.raises(ValueError, match="at least one row and one column"):
+            metric(codes)
+
+
+def test_mmcs_rejects_empty_directions():
+    with pytest.raises(ValueError, match="learned_directions must be a 2-D array"):
+        mmcs(np.eye(2), np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="true_directions must be a 2-D array"):
+        mmcs(np.ones(2), np.eye(2))
+
+
 @pytest.mark.parametrize("n_components", [200, 300, 70_000])
 def test_code_bytes_is_what_the_csr_arrays_take(n_components):
     rng = np.random.default_rng(0)
