@@ -31,7 +31,7 @@ RIDGE = 1e-4
 
 #: Least-squares solves that start a refit over all candidates, each dropping the atoms
 #: the last one solved below zero. A fixed count keeps the device from waiting on the
-#: host; further rounds changed nothing the projected-gradient steps do not also fix.
+#: host; further rounds changed nothing the coordinate descent does not also fix.
 LEAST_SQUARES_ROUNDS = 2
 
 
