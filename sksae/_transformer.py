@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 from contextlib import contextmanager
 from functools import partial
 from numbers import Integral, Real
@@ -59,6 +60,9 @@ _MEDIAN_SAMPLE_VALUES = 2**22
 _ALPHA_WARMUP_FRACTION = 0.05
 #: Fraction of a fit over which the learning rate decays linearly to 0 at its end.
 _DECAY_FRACTION = 0.2
+#: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
+#: about 1e-7).
+_UNIT_NORM_TOLERANCE = 1e-4
 #: Parameters read by transform, score and their kin, which may change after fit.
 _INFERENCE_PARAMS = ("transform_algorithm", "transform_n_candidates", "sparse_output")
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
@@ -827,12 +831,28 @@ class SparseAutoencoderTransformer(
         """A trainer of the fitted model that continues its optimiser state.
 
         A model built from weights alone (another library's checkpoint) has no optimiser
-        state yet: Adam starts afresh from its weights.
+        state yet: Adam starts afresh from its weights. Where its activation keeps the
+        decoder rows at unit norm and they are not, their norms are folded into the
+        encoder first (the same model), or, where the activation cannot follow (TopK's
+        selection), a warning says that the first step changes the codes.
         """
         state = self.__dict__.get("_trainer_state")
+        model = self._module(device, training=True)
         if state is not None:
             state = tree_map(lambda a: torch.from_numpy(a.copy()), state, np.ndarray)
-        return self._new_trainer(self._module(device, training=True), None, state)
+        elif model.sparsifier.unit_norm_decoder:
+            norms = np.linalg.norm(self.components_, axis=1)
+            if np.abs(norms - 1).max() > _UNIT_NORM_TOLERANCE and not model.fold_decoder_norms_():
+                warnings.warn(
+                    "Training keeps the decoder rows at unit norm, as activation="
+                    f"{self._fitted_sparsifier_params['activation']!r} requires, and these "
+                    f"weights' rows have norms from "
+                    f"{norms.min():.3g} to {norms.max():.3g}: the first step rescales them, "
+                    "which changes the codes.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        return self._new_trainer(model, None, state)
 
     def _new_trainer(self, model, schedule, state=None):
         auxk = None

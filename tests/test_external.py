@@ -7,6 +7,7 @@ library's source and independent of sksae's mapping. The libraries are not impor
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -432,7 +433,15 @@ def test_loaded_model_trains_further(tmp_path, rng, format, write):
     model = load_external(tmp_path, format)
     components = model.components_.copy()
     X = rng.normal(size=(300, D_IN)).astype(np.float32)
-    model.partial_fit(X)
+    # Training keeps the decoder rows at unit norm, which these random ones are not.
+    # JumpReLU's thresholds follow their norms into the encoder; TopK's selection cannot.
+    if format == "saelens":
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            model.partial_fit(X)
+    else:
+        with pytest.warns(UserWarning, match="the first step rescales them"):
+            model.partial_fit(X)
     assert (model.n_iter_, len(model.loss_curve_), model.n_samples_seen_) == (1, 1, 300)
     assert model.n_steps_ > 0 and not np.array_equal(model.components_, components)
     assert np.isfinite(model.transform(X)).all()
@@ -476,6 +485,20 @@ def test_export_round_trip(tmp_path, fitted):
     codes = loaded.transform(X)
     assert np.array_equal(codes, model.transform(X))
     assert np.array_equal(loaded.inverse_transform(codes), model.inverse_transform(codes))
+
+
+def test_training_folds_the_decoder_norms_of_a_checkpoint_into_its_encoder(tmp_path, rng):
+    # SAELens's JumpReLU rows need not be unit norm; moved into the encoder rows, biases
+    # and thresholds, their norms leave the model as it was: a step at a negligible
+    # learning rate changes no reconstruction.
+    _saelens_checkpoint(tmp_path, rng, {**_SAELENS_V6, "architecture": "jumprelu"}, ("threshold",))
+    model = load_external(tmp_path, "saelens")
+    assert np.ptp(np.linalg.norm(model.components_, axis=1)) > 1
+    X = rng.normal(size=(64, D_IN)).astype(np.float32)
+    before = model.inverse_transform(model.transform(X))
+    model.set_params(learning_rate=1e-12).partial_fit(X)
+    np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(model.inverse_transform(model.transform(X)), before, atol=1e-4)
 
 
 def test_export_of_a_model_trained_on_scaled_data(tmp_path, fitted):

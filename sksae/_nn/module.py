@@ -157,6 +157,24 @@ class SparseAutoencoder(torch.nn.Module):
         )
 
     @torch.no_grad()
+    def fold_decoder_norms_(self):
+        """Give the decoder unit rows without changing the model: each row's norm moves
+        into its encoder row, its encoder bias and the sparsifier's parameters, so that
+        the latent's code grows by what its row loses.
+
+        Returns False, changing nothing, where the sparsifier's code cannot follow (a
+        TopK selection compares latents, which the norms would rescale unevenly).
+        """
+        norms = self.W_dec.norm(dim=1)
+        norms = torch.where(norms > 0, norms, 1.0)  # a zero row stays as it is
+        if not self.sparsifier.scale_latents_(norms):
+            return False
+        self.W_dec /= norms[:, None]
+        self.W_enc *= norms[:, None]
+        self.b_enc *= norms
+        return True
+
+    @torch.no_grad()
     def remove_parallel_decoder_grad(self):
         """Project out the gradient component along each (unit) decoder row.
 

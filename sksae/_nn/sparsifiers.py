@@ -81,6 +81,12 @@ class Sparsifier(torch.nn.Module):
     def constrain_(self):
         """Project the sparsifier's own parameters back to their domain after a step."""
 
+    def scale_latents_(self, factors):
+        """Follow pre-activations multiplied by ``factors`` (positive, one per latent) so
+        that the code is multiplied by them too, and return True; or change nothing and
+        return False where no such change exists (a selection among latents)."""
+        return False
+
 
 class ReLU(Sparsifier):
     """``h = ReLU(pre)`` with an L1 penalty weighted by the decoder row norms.
@@ -96,6 +102,9 @@ class ReLU(Sparsifier):
 
     def forward(self, pre):
         return Code(F.relu(pre))
+
+    def scale_latents_(self, factors):
+        return True
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code, accumulated in the norms' dtype
@@ -249,6 +258,11 @@ class JumpReLU(Sparsifier):
     def constrain_(self):
         # A negative threshold would let negative pre-activations through.
         self.threshold.clamp_(min=0)
+
+    @torch.no_grad()
+    def scale_latents_(self, factors):
+        self.threshold.mul_(factors.to(self.threshold.dtype))
+        return True
 
     def extra_repr(self):
         return f"bandwidth={self.bandwidth}"
