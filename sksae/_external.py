@@ -17,8 +17,11 @@ and decode ``h W_dec + b_dec``: the model of :class:`SparseAutoencoderTransforme
 the layout of the matrices and where ``b_dec`` enters. :func:`load_external` maps each
 checkpoint onto it exactly, so that ``transform`` is the library's encoder and
 ``inverse_transform`` its decoder; what sksae cannot reproduce exactly is a
-``ValueError``, never an approximation. :func:`export` writes a TopK model in
-sparsify's layout.
+``ValueError``, never an approximation, with one exception: a checkpoint the library
+computes in float16 or bfloat16 loads with the library's weights exactly and computes in
+float32, with a warning (its codes can differ from the library's where a pre-activation
+lies within half-precision rounding of a threshold or of the ``k``-th largest).
+:func:`export` writes a TopK model in sparsify's layout.
 
 Nothing is unpickled: safetensors files are read with numpy, and ``ae.pt`` with
 ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers.
@@ -26,6 +29,7 @@ Nothing is unpickled: safetensors files are read with numpy, and ``ae.pt`` with
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import _read_safetensors, _safetensors_bytes, _write_atomically
+from ._persistence import _read_safetensors_with_metadata, _safetensors_bytes, _write_atomically
 from ._transformer import SparseAutoencoderTransformer, _set_weights
 
 __all__ = ["export", "load_external"]
@@ -49,6 +53,10 @@ _SPARSIFY_DEFAULTS = {
     "skip_connection": False,
     "transcode": False,
 }
+
+
+#: safetensors dtype codes of half precision, and the torch dtype each names.
+_HALF_PRECISION = {"F16": "float16", "BF16": "bfloat16"}
 
 
 def load_external(path, format):
@@ -94,8 +102,8 @@ def load_external(path, format):
     Returns
     -------
     estimator : SparseAutoencoderTransformer
-        A fitted estimator, in the dtype of the checkpoint (float32 or float64; other
-        dtypes are computed in float64).
+        A fitted estimator, in the dtype of the checkpoint: float32 or float64, float32
+        for a half-precision one (with a ``UserWarning``).
 
     Raises
     ------
@@ -104,7 +112,6 @@ def load_external(path, format):
         the checkpoint uses a feature sksae cannot represent exactly: sparsify's
         ``groupmax``, skip connections and transcoders, SAELens's gated SAEs,
         transcoders and input normalisation, dictionary_learning's ``GatedAutoEncoder``.
-        Safetensors files in bfloat16 cannot be read yet.
 
     See Also
     --------
@@ -251,8 +258,9 @@ def _from_sparsify(directory):
     n_latents = _positive_int(cfg, "num_latents", cfg_file, zero_ok=True) or d_in * (
         _positive_int(cfg, "expansion_factor", cfg_file)
     )
+    tensors, stored = _read_weights(weights_file)
     weights = _checked(
-        _read_weights(weights_file),
+        tensors,
         {
             "encoder.weight": (n_latents, d_in),
             "encoder.bias": (n_latents,),
@@ -262,10 +270,14 @@ def _from_sparsify(directory):
         weights_file,
         f"d_in={d_in} and {n_latents} latents",
     )
+    # sparsify builds its module in the dtype of the file's first tensor, W_dec.
+    dtype = weights["W_dec"].dtype
+    if stored["W_dec"] in _HALF_PRECISION:
+        _warn_half_precision(weights_file, "sparsify", _HALF_PRECISION[stored["W_dec"]])
+        dtype = np.float32
     return _estimator(
         weights_file,
-        # sparsify builds its module in the dtype of the file's first tensor, W_dec.
-        dtype=weights["W_dec"].dtype,
+        dtype=dtype,
         activation="topk",
         k=_positive_int(cfg, "k", cfg_file),
         encoder_weights=weights["encoder.weight"],
@@ -303,9 +315,13 @@ def _from_saelens(directory):
             cfg_file,
         )
     d_in, d_sae = (_positive_int(cfg, key, cfg_file) for key in ("d_in", "d_sae"))
-    # SAELens casts the weights to the dtype of its configuration.
-    dtype = np.float64 if cfg.get("dtype") in {"float64", "torch.float64"} else np.float32
-    tensors = {name: array.astype(dtype) for name, array in _read_weights(weights_file).items()}
+    # SAELens casts the weights to the dtype of its configuration, and computes in it.
+    dtype_name = str(cfg.get("dtype", "float32")).removeprefix("torch.")
+    dtype = np.float64 if dtype_name == "float64" else np.float32
+    tensors = {name: array.astype(dtype) for name, array in _read_weights(weights_file)[0].items()}
+    if dtype_name in _HALF_PRECISION.values():
+        _warn_half_precision(weights_file, "SAELens", dtype_name)
+        tensors = {name: _rounded_to(array, dtype_name) for name, array in tensors.items()}
     if "log_threshold" in tensors and "threshold" not in tensors:
         # Files of JumpReLU models mid-training: SAELens's threshold is exp(log_threshold).
         tensors["threshold"] = np.exp(tensors.pop("log_threshold"))
@@ -552,10 +568,31 @@ def _estimator(
 
 
 def _read_weights(file):
-    """The arrays of a safetensors file, read with numpy (see :mod:`sksae._persistence`)."""
+    """The arrays of a safetensors file, read with numpy (see :mod:`sksae._persistence`),
+    and the dtype code each was stored in."""
     if not file.is_file():
         raise ValueError(f"{file} is missing.")
-    return _read_safetensors(file)
+    tensors, _, stored = _read_safetensors_with_metadata(file)
+    return tensors, stored
+
+
+def _warn_half_precision(source, library, dtype_name):
+    warnings.warn(
+        f"{source}: {library} computes this checkpoint in {dtype_name}; sksae computes it in "
+        "float32 from the same weights, so a code can differ from the library's where a "
+        f"pre-activation lies within {dtype_name} rounding of a threshold or of the k-th "
+        "largest.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _rounded_to(array, dtype_name):
+    """``array`` rounded to a half-precision dtype, as float32 (which holds it exactly)."""
+    half = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(
+        getattr(torch, dtype_name)
+    )
+    return half.to(torch.float32).numpy()
 
 
 def _read_json(file):

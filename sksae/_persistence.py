@@ -156,7 +156,7 @@ def load(path):
         raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}") from exc
     cls = _check_config(config, directory)
     weights_sha256 = config.pop("weights_sha256", None)
-    tensors, metadata = _read_safetensors_with_metadata(directory / WEIGHTS_FILE, weights_sha256)
+    tensors, metadata, _ = _read_safetensors_with_metadata(directory / WEIGHTS_FILE, weights_sha256)
     if "config_sha256" in metadata and metadata["config_sha256"] != _config_digest(config):
         raise ValueError(
             f"{directory / CONFIG_FILE} does not match the digest its weights file records: "
@@ -347,7 +347,8 @@ def _read_safetensors(path, sha256=None):
 
 
 def _read_safetensors_with_metadata(path, sha256=None):
-    """:func:`_read_safetensors`, and the header's metadata (str -> str)."""
+    """:func:`_read_safetensors`, the header's metadata (str -> str) and the dtype code
+    each array was stored in (``"BF16"`` arrays are read as float32)."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError as exc:
@@ -377,7 +378,7 @@ def _read_safetensors_with_metadata(path, sha256=None):
     if not isinstance(metadata, dict):
         raise invalid("its metadata is not a JSON object")
     buffer = memoryview(data)[8 + header_length :]
-    tensors, covered = {}, []
+    tensors, stored, covered = {}, {}, []
     for name, entry in header.items():
         try:
             dtype, shape, start, stop = _entry_layout(entry)
@@ -387,6 +388,7 @@ def _read_safetensors_with_metadata(path, sha256=None):
             raise invalid(f"entry {name!r} lies outside the data")
         array = _decoded(np.frombuffer(buffer[start:stop], dtype=dtype), entry["dtype"])
         tensors[name] = array.astype(array.dtype.newbyteorder("=")).reshape(shape)
+        stored[name] = entry["dtype"]
         covered.append((start, stop))
     position = 0
     for start, stop in sorted(covered):
@@ -395,7 +397,7 @@ def _read_safetensors_with_metadata(path, sha256=None):
         position = stop
     if position != len(buffer):
         raise invalid("its data is longer than its entries")
-    return tensors, metadata
+    return tensors, metadata, stored
 
 
 def _entry_layout(entry):

@@ -487,6 +487,36 @@ def test_export_round_trip(tmp_path, fitted):
     assert np.array_equal(loaded.inverse_transform(codes), model.inverse_transform(codes))
 
 
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_a_half_precision_sparsify_checkpoint_loads_its_weights_exactly_with_a_warning(
+    tmp_path, rng, half
+):
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    weights = _sparsify_checkpoint(tmp_path, rng)
+    tensors = {name: torch.from_numpy(array).to(half) for name, array in weights.items()}
+    safetensors_torch.save_file(tensors, tmp_path / "sae.safetensors")
+    name = str(half).removeprefix("torch.")
+    # sparsify computes such a file in half precision; sksae in float32, and says so.
+    with pytest.warns(UserWarning, match=f"sparsify computes this checkpoint in {name}"):
+        model = load_external(tmp_path, "sparsify")
+    assert model.components_.dtype == np.float32
+    np.testing.assert_array_equal(model.components_, tensors["W_dec"].float().numpy())
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "torch.float16"])
+def test_a_half_precision_saelens_configuration_rounds_the_weights_as_saelens_does(
+    tmp_path, rng, dtype
+):
+    cfg = {**_SAELENS_V6, "architecture": "standard", "dtype": dtype}
+    weights = _saelens_checkpoint(tmp_path, rng, cfg)  # float32 weights
+    with pytest.warns(UserWarning, match="SAELens computes this checkpoint in"):
+        model = load_external(tmp_path, "saelens")
+    half = getattr(torch, dtype.removeprefix("torch."))
+    rounded = torch.from_numpy(weights["W_dec"]).to(half).float().numpy()
+    assert model.components_.dtype == np.float32
+    np.testing.assert_array_equal(model.components_, rounded)
+
+
 def test_training_folds_the_decoder_norms_of_a_checkpoint_into_its_encoder(tmp_path, rng):
     # SAELens's JumpReLU rows need not be unit norm; moved into the encoder rows, biases
     # and thresholds, their norms leave the model as it was: a step at a negligible
