@@ -31,7 +31,9 @@ import argparse
 import json
 import math
 import sys
+import zipfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -332,7 +334,10 @@ def _shards(path):
         raise ValueError(f"{path} is not a {', '.join(_READERS)} file or a directory of them.")
     else:
         files = [path]
-    shards = [shard for file in files for shard in _READERS[file.suffix](file)]
+    shards = []
+    for file in files:
+        with _reading(file):
+            shards.extend(_READERS[file.suffix](file))
     if not shards:
         raise ValueError(f"{path} holds no arrays.")
     return shards
@@ -436,7 +441,10 @@ def _arrays(shards, n_features=None):
     float64, which doubles memory for precision the data never had.
     """
     for shard in shards:
-        X = shard.read()
+        with _reading(shard.label):
+            X = shard.read()
+        if not isinstance(X, np.ndarray):
+            raise ValueError(f"{shard.label} is not a .npy array.")
         if X.ndim != 2:
             raise ValueError(
                 f"{shard.label} holds an array of shape {X.shape}; sksae needs 2-D arrays "
@@ -452,12 +460,24 @@ def _arrays(shards, n_features=None):
         yield X.astype(np.float32) if X.dtype == np.float16 else X
 
 
+@contextmanager
+def _reading(label):
+    """Report a file that cannot be read (empty, truncated, not what its name says) as a
+    ``ValueError`` that names it."""
+    try:
+        yield
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        message = str(exc)
+        raise ValueError(message if str(label) in message else f"{label}: {message}") from exc
+
+
 # ---------------------------------------------------------------------------- fit
 
 
 def _fit_command(args):
     params = {name: getattr(args, name) for name in FIT_PARAMETERS if hasattr(args, name)}
     model_dir = Path(args.model_dir)
+    _make_model_directory(model_dir)
     if args.resume:
         # warm_start: fit continues the saved model (partial_fit always does).
         model = load(model_dir).set_params(**params, warm_start=True)
@@ -485,6 +505,14 @@ def _fit_command(args):
     return 0
 
 
+def _make_model_directory(directory):
+    """Create MODEL_DIR before any training: one that saving would fail to write must
+    not cost the training first."""
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a directory: choose another MODEL_DIR.")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
 def _fit_array(model, shards, args):
     """``fit`` on the one array, with the callbacks the options ask for."""
     (X,) = _arrays(shards, getattr(model, "n_features_in_", None))
@@ -508,9 +536,29 @@ def _fit_shards(model, shards, args):
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
             "which holds no data out."
         )
+    # Every shard's shape, from the headers, checked before the first one trains: a bad
+    # shard found after hours of training would lose them.
+    n_features = getattr(model, "n_features_in_", None)
+    n_rows = 0
+    for shard in shards:
+        with _reading(shard.label):
+            shape = shard.shape()
+        if len(shape) != 2:
+            raise ValueError(
+                f"{shard.label} holds an array of shape {shape}; sksae needs 2-D arrays of "
+                "shape (n_samples, n_features)."
+                if shape
+                else f"{shard.label} is not a .npy array."
+            )
+        n_features = shape[1] if n_features is None else n_features
+        if shape[1] != n_features:
+            raise ValueError(
+                f"{shard.label} has {shape[1]} features, but the model or the shards before "
+                f"it have {n_features}."
+            )
+        n_rows += shape[0]
     # fit's schedule over the passes to come, so that shards train as one array would. A
     # resumed model's plan grows by the new passes: the schedule is laid over all of them.
-    n_rows = sum(shape[0] if shape else 0 for shape in (shard.shape() for shard in shards))
     planned = getattr(model, "n_samples_seen_", 0) + model.max_iter * n_rows
     model.set_params(partial_fit_samples=planned)
     every = args.checkpoint_every or 1

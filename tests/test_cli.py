@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +207,15 @@ def test_export_writes_sparsify(model_dir, X, tmp_path):
 def bad_data(X, tmp_path):
     np.save(tmp_path / "flat.npy", X[:, 0])
     np.save(tmp_path / "narrow.npy", X[:, :8])
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.savez(tmp_path / "whole.npz", X)
+    (tmp_path / "truncated.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:100])
+    with zipfile.ZipFile(tmp_path / "mixed.npz", "w") as archive:
+        archive.write(tmp_path / "narrow.npy", "acts.npy")
+        archive.writestr("notes.txt", "not an array")
+    (tmp_path / "uneven").mkdir()
+    np.save(tmp_path / "uneven" / "00.npy", X)
+    np.save(tmp_path / "uneven" / "01.npy", X[:, :8])
     return tmp_path
 
 
@@ -219,6 +229,12 @@ def bad_data(X, tmp_path):
         (["fit", "{npy}", "-o", "{tmp}/sae", "--max-iter", "many"], "--max-iter"),
         (["fit", "{npy}", "-o", "{model}"], "already holds a model"),
         (["fit", "{directory}", "-o", "{tmp}/sae", "--early-stopping"], "--early-stopping"),
+        (["fit", "{tmp}/empty.npy", "-o", "{tmp}/sae"], "empty.npy: No data left in file"),
+        (["fit", "{tmp}/truncated.npz", "-o", "{tmp}/sae"], "truncated.npz: File is not a zip"),
+        # Found from the headers, before the first shard trains.
+        (["fit", "{tmp}/mixed.npz", "-o", "{tmp}/sae"], "mixed.npz[notes.txt] is not a .npy"),
+        (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
+        (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
         (["export", "{model}", "-o", "{tmp}/out", "--format", "onnx"], "format='onnx'"),
