@@ -63,6 +63,20 @@ _DECAY_FRACTION = 0.2
 #: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
 #: about 1e-7).
 _UNIT_NORM_TOLERANCE = 1e-4
+#: Parameters that a fit resumed after an interruption may differ in (see
+#: ``_training_params``).
+_PARAMS_A_RESUMED_FIT_MAY_CHANGE = frozenset(
+    {
+        "warm_start",
+        "verbose",
+        "device",
+        "random_state",
+        "partial_fit_samples",
+        "transform_algorithm",
+        "transform_n_candidates",
+        "sparse_output",
+    }
+)
 #: Parameters read by transform, score and their kin, which may change after fit.
 _INFERENCE_PARAMS = ("transform_algorithm", "transform_n_candidates", "sparse_output")
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
@@ -222,8 +236,10 @@ class SparseAutoencoderTransformer(
         optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule
         without warm-ups, the input scale of the first fit). After a fit that was
         interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
-        resumes that fit where it stopped, on the same ``X``, to the end it would have
-        reached uninterrupted, bit for bit on the CPU. ``loss_curve_``, ``n_iter_``,
+        resumes that fit where it stopped, on the same ``X`` and with the same training
+        parameters (a change is an error; inference parameters, ``verbose`` and
+        ``device`` may change), to the end it would have reached uninterrupted, bit for
+        bit on the CPU. ``loss_curve_``, ``n_iter_``,
         ``n_steps_`` and ``n_samples_seen_`` keep counting. ``n_components``,
         ``activation``, ``k`` and ``bandwidth`` cannot change.
 
@@ -486,12 +502,13 @@ class SparseAutoencoderTransformer(
         An interruption (``KeyboardInterrupt``, Ctrl-C) is raised again, after the
         estimator takes the state of the last completed epoch: its weights, optimiser
         state, ``n_iter_`` and the progress of the fit (its random generator, schedule
-        and plateau counter). ``fit`` with ``warm_start=True`` on the same ``X`` resumes
-        from there and ends with the model the uninterrupted fit would have given (bit
-        for bit on the CPU; without ``early_stopping``, whose best-so-far weights are not
-        kept). A checkpoint the fit's callbacks save mid-fit (see
-        :func:`sksae.save`) resumes alike after loading. Interrupted within the first
-        epoch, the estimator keeps the state it had before the call. Any other error
+        and plateau counter). ``fit`` with ``warm_start=True`` on the same ``X``, with the
+        same training parameters, resumes from there and ends with the model the
+        uninterrupted fit would have given (bit for bit on the CPU; without
+        ``early_stopping``, whose best-so-far weights are not kept). A checkpoint the
+        fit's callbacks save mid-fit (see :func:`sksae.save`) resumes alike after
+        loading. Interrupted within the first epoch, the estimator keeps the state it had
+        before the call. Any other error
         leaves it as it was before the call, too.
 
         Parameters
@@ -512,13 +529,8 @@ class SparseAutoencoderTransformer(
             X = self._validate_training_data(X, new_model=not warm)
             self._check_sparsifier_params()
             device = self._torch_device()
-            if resumed is not None and X.shape[0] != resumed["n_samples"]:
-                raise ValueError(
-                    f"This estimator holds a fit interrupted after epoch {resumed['epoch']} "
-                    f"on {resumed['n_samples']} samples, which warm_start resumes: it needs "
-                    f"the same X, got {X.shape[0]} samples. To train anew, set "
-                    "warm_start=False."
-                )
+            if resumed is not None:
+                self._check_resumable(resumed, X.shape[0])
             seed = _seed(self.random_state) if resumed is None else resumed["seed"]
             generator = torch.Generator().manual_seed(seed)
             if warm:
@@ -563,6 +575,40 @@ class SparseAutoencoderTransformer(
         if interrupted:
             raise KeyboardInterrupt
         return self
+
+    def _training_params(self):
+        """The parameters that shape training, which a resumed fit must keep: all but
+        those of inference and reporting, ``warm_start``, the device and the seed (kept
+        in the fit's progress)."""
+        return {
+            name: value
+            for name, value in self.get_params().items()
+            if name not in _PARAMS_A_RESUMED_FIT_MAY_CHANGE
+        }
+
+    def _check_resumable(self, resumed, n_samples):
+        """Refuse to resume the interrupted fit ``resumed`` (``_fit_progress``) on other
+        data or with other training parameters: it would not end as the fit it resumes."""
+        interrupted = f"This estimator holds a fit interrupted after epoch {resumed['epoch']}"
+        if n_samples != resumed["n_samples"]:
+            raise ValueError(
+                f"{interrupted} on {resumed['n_samples']} samples, which warm_start resumes: "
+                f"it needs the same X, got {n_samples} samples. To train anew, set "
+                "warm_start=False."
+            )
+        # Fits interrupted before sksae kept their parameters resume unchecked.
+        ran_with = resumed.get("params") or self._training_params()
+        changed = [
+            f"{name}={value!r} (it ran with {ran_with[name]!r})"
+            for name, value in self._training_params().items()
+            if name in ran_with and value != ran_with[name]
+        ]
+        if changed:
+            raise ValueError(
+                f"{interrupted}, which warm_start resumes with the parameters it ran with; "
+                f"got {', '.join(changed)}. Set them back, or set warm_start=False to train "
+                "anew."
+            )
 
     def _validate_training_data(self, X, *, new_model):
         """``X`` validated for training: float32 or float64 for a new model, cast to the
@@ -665,6 +711,7 @@ class SparseAutoencoderTransformer(
                     "generator": None if generator is None else generator.get_state().numpy(),
                     "schedule": dataclasses.asdict(trainer.schedule),
                     "plateau": (plateau.best, plateau.epochs_without_improvement),
+                    "params": self._training_params(),
                 }
             last_epoch = partial(
                 self._epoch_attributes,

@@ -714,6 +714,11 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_model(
     resumed = sksae.load(tmp_path).set_params(warm_start=True)
     with pytest.raises(ValueError, match="needs the same X, got 100 samples"):
         resumed.fit(X[:100])
+    # Nor with other training parameters: the fit would not end as the one it resumes.
+    state = _state(resumed)
+    with pytest.raises(ValueError, match=r"batch_size=32 \(it ran with 256\), max_iter=30"):
+        resumed.set_params(max_iter=30, batch_size=32).fit(X)
+    assert _state(resumed.set_params(max_iter=20, batch_size=256, verbose=0)) == state
     resumed.fit(X)
     counters = ["loss_curve_", "n_iter_", "n_steps_", "n_samples_seen_", "_trainer_state"]
     for name in [*FITTED_ARRAYS, *counters]:
