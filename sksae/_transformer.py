@@ -508,8 +508,7 @@ class SparseAutoencoderTransformer(
         ``early_stopping``, whose best-so-far weights are not kept). A checkpoint the
         fit's callbacks save mid-fit (see :func:`sksae.save`) resumes alike after
         loading. Interrupted within the first epoch, the estimator keeps the state it had
-        before the call. Any other error
-        leaves it as it was before the call, too.
+        before the call. Any other error leaves it as it was before the call, too.
 
         Parameters
         ----------
