@@ -14,8 +14,9 @@ Usage:
 ``DATA`` is a ``.npy`` file, a ``.npz`` or ``.safetensors`` file of one or several 2-D
 arrays, or a directory of such files, taken in the order of their names. Each array is a
 shard; those of one file come in the order the file lists them. One array trains with
-``fit``: a ``.npy`` or ``.safetensors`` array is a memory map, which the estimator reads
-one minibatch at a time. Several shards train with ``partial_fit``, one shard in memory
+``fit``: a float32 or float64 ``.npy`` or ``.safetensors`` array is a memory map, which
+the estimator reads one minibatch at a time (a half-precision one is converted to float32
+in memory first). Several shards train with ``partial_fit``, one shard in memory
 at a time, ``--max-iter`` passes over them all, in order, with the learning-rate schedule
 of ``fit`` laid over those passes (``partial_fit_samples``) but no early end: shuffle the
 samples across shards beforehand. ``evaluate`` encodes the shards chunk by chunk into
@@ -198,10 +199,11 @@ def _build_parser():
     fit.add_argument(
         "--resume",
         action="store_true",
-        help="continue training the model in MODEL_DIR: a fit interrupted or saved by "
-        "--checkpoint-every mid-way resumes where it stopped (same DATA, same result as "
-        "uninterrupted); a finished one trains --max-iter more epochs. The estimator "
-        "options given replace its parameters",
+        help="continue training the model in MODEL_DIR: a run interrupted or saved by "
+        "--checkpoint-every mid-way resumes where it stopped, with the training options "
+        "it ran with (same DATA, same result as uninterrupted; other training options are "
+        "an error); a finished one trains --max-iter more epochs (passes), the estimator "
+        "options given replacing its parameters",
     )
     fit.add_argument(
         "--checkpoint-every",
@@ -478,9 +480,13 @@ def _fit_command(args):
     params = {name: getattr(args, name) for name in FIT_PARAMETERS if hasattr(args, name)}
     model_dir = Path(args.model_dir)
     _make_model_directory(model_dir)
+    changed = []
     if args.resume:
         # warm_start: fit continues the saved model (partial_fit always does).
-        model = load(model_dir).set_params(**params, warm_start=True)
+        model = load(model_dir)
+        saved = model._training_params()
+        changed = [name for name, value in params.items() if saved.get(name, value) != value]
+        model.set_params(**params, warm_start=True)
     elif (model_dir / CONFIG_FILE).exists():
         raise ValueError(
             f"{model_dir} already holds a model: pass --resume to train it further, or "
@@ -496,7 +502,7 @@ def _fit_command(args):
         if len(shards) == 1:
             _fit_array(model, shards, args)
         else:
-            _fit_shards(model, shards, args)
+            _fit_shards(model, shards, args, changed)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir)
     save(model, model_dir)
@@ -528,9 +534,11 @@ def _fit_array(model, shards, args):
     model.fit(X)
 
 
-def _fit_shards(model, shards, args):
+def _fit_shards(model, shards, args, changed):
     """``partial_fit`` on each shard in turn, ``max_iter`` passes, saving every
-    ``--checkpoint-every`` passes (by default every pass)."""
+    ``--checkpoint-every`` passes (by default every pass); or, for a run ``--resume``
+    finds interrupted, the rest of its passes. ``changed``: the training parameters
+    that the command's options change in the resumed model."""
     if model.early_stopping:
         raise ValueError(
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
@@ -539,7 +547,7 @@ def _fit_shards(model, shards, args):
     # Every shard's shape, from the headers, checked before the first one trains: a bad
     # shard found after hours of training would lose them.
     n_features = getattr(model, "n_features_in_", None)
-    n_rows = 0
+    n_shard_rows = []
     for shard in shards:
         with _reading(shard.label):
             shape = shard.shape()
@@ -556,28 +564,61 @@ def _fit_shards(model, shards, args):
                 f"{shard.label} has {shape[1]} features, but the model or the shards before "
                 f"it have {n_features}."
             )
-        n_rows += shape[0]
-    # fit's schedule over the passes to come, so that shards train as one array would. A
-    # resumed model's plan grows by the new passes: the schedule is laid over all of them.
-    planned = getattr(model, "n_samples_seen_", 0) + model.max_iter * n_rows
-    model.set_params(partial_fit_samples=planned)
+        n_shard_rows.append(shape[0])
+    n_rows = sum(n_shard_rows)
+    seen, plan = getattr(model, "n_samples_seen_", 0), model.partial_fit_samples
+    if args.resume and plan is not None and seen < plan:
+        # A run interrupted mid-plan: finish it, from the shard after the last one trained.
+        first_pass, first_shard = _resume_point(model, n_shard_rows, changed)
+    else:
+        # fit's schedule over the passes to come, so that shards train as one array
+        # would. A finished model's plan grows by the new passes: the schedule is laid
+        # over all of them.
+        model.set_params(partial_fit_samples=seen + model.max_iter * n_rows)
+        first_pass, first_shard = 0, 0
     every = args.checkpoint_every or 1
-    # partial_fit has no callbacks: the bar counts shards. The shards of the first pass set
-    # the features that the following ones must have.
-    steps = (
-        (epoch, index, X)
-        for epoch in range(model.max_iter)
-        for index, X in enumerate(_arrays(shards, getattr(model, "n_features_in_", None)))
-    )
+    steps = [
+        (number, index)
+        for number in range(first_pass, model.max_iter)
+        for index in range(first_shard if number == first_pass else 0, len(shards))
+    ]
     if args.progress:
         # Imported here: rich is optional, needed only for progress bars.
         from rich.progress import track
 
-        steps = track(steps, total=model.max_iter * len(shards), description="partial_fit")
-    for epoch, index, X in steps:
+        # partial_fit has no callbacks: the bar counts shards.
+        steps = track(steps, description="partial_fit")
+    for number, index in steps:
+        (X,) = _arrays([shards[index]], n_features)
         model.partial_fit(X)
-        if index == len(shards) - 1 and (epoch + 1) % every == 0:
+        if index == len(shards) - 1 and (number + 1) % every == 0:
             save(model, args.model_dir)
+
+
+def _resume_point(model, n_shard_rows, changed):
+    """Where the shard run that ``model`` holds stopped: its pass and next shard.
+
+    The run planned ``max_iter`` passes over the shards (``partial_fit_samples``), of
+    which ``n_samples_seen_`` tell how far it went. Resumed with the same options on the
+    same shards, it ends as the uninterrupted run would have.
+    """
+    if changed:
+        options = ", ".join("--" + name.replace("_", "-") for name in changed)
+        raise ValueError(
+            f"The model holds a run interrupted after {model.n_samples_seen_} of its "
+            f"{model.partial_fit_samples} planned samples, which --resume finishes with the "
+            f"options it ran with; drop {options}."
+        )
+    n_rows = sum(n_shard_rows)
+    trained = model.n_samples_seen_ - (model.partial_fit_samples - model.max_iter * n_rows)
+    shard_starts = np.cumsum([0, *n_shard_rows[:-1]])
+    if not 0 <= trained < model.max_iter * n_rows or trained % n_rows not in shard_starts:
+        raise ValueError(
+            f"The model holds a run interrupted after {model.n_samples_seen_} of its "
+            f"{model.partial_fit_samples} planned samples, which does not end on a shard of "
+            "DATA: --resume needs the shards it ran on."
+        )
+    return trained // n_rows, int(np.searchsorted(shard_starts, trained % n_rows))
 
 
 class _Checkpoint:

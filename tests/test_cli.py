@@ -178,18 +178,31 @@ def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, caps
     assert "interrupted; saved" in capsys.readouterr().err
 
 
+# Interrupted in the fourth epoch of fit, or in the second pass over three shards.
+@pytest.mark.parametrize(
+    "source, max_iter, interrupted_pass, refusal",
+    [
+        ("npy", 6, 4, r"max_iter=7 \(it ran with 6\)"),
+        ("directory", 3, 5, "finishes with the options it ran with; drop --max-iter"),
+    ],
+)
 def test_an_interrupted_fit_resumed_by_the_command_line_ends_as_an_uninterrupted_one(
-    data, tmp_path, monkeypatch
+    data, tmp_path, monkeypatch, capsys, source, max_iter, interrupted_pass, refusal
 ):
-    argv = ["fit", str(data["npy"]), "--max-iter", "6", *SMALL]
+    argv = ["fit", str(data[source]), "--max-iter", str(max_iter), *SMALL]
     assert main([*argv, "-o", str(tmp_path / "whole")]) == 0
     with monkeypatch.context() as patch:
-        _interrupt_pass(patch, 4)
+        _interrupt_pass(patch, interrupted_pass)
         assert main([*argv, "-o", str(tmp_path / "resumed")]) == 130
-    assert sksae.load(tmp_path / "resumed").n_iter_ == 3
+    assert sksae.load(tmp_path / "resumed").n_iter_ == interrupted_pass - 1
+    # Other training options would not end as the run resumed: refused, named.
+    capsys.readouterr()
+    assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume", "--max-iter", "7"]) == 2
+    assert re.search(refusal, capsys.readouterr().err)
     assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume"]) == 0
     whole, resumed = sksae.load(tmp_path / "whole"), sksae.load(tmp_path / "resumed")
-    for name in ["components_", "encoder_weights_", "loss_curve_", "n_iter_", "_trainer_state"]:
+    names = ["components_", "encoder_weights_", "loss_curve_", "n_iter_", "n_samples_seen_"]
+    for name in [*names, "_trainer_state"]:
         np.testing.assert_equal(getattr(resumed, name), getattr(whole, name))
 
 
