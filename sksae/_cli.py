@@ -108,7 +108,7 @@ FIT_PARAMETERS = {
     "device": (str, "torch device: cpu, cuda, cuda:<index> or auto"),
     "autocast_dtype": (_none_or(str), "precision of the encoder's matrix product"),
     "random_state": (_none_or(int), "seed of the initialisation and the shuffling"),
-    "verbose": (int, "print the loss of each epoch when positive"),
+    "verbose": (int, "print the loss of each epoch (each pass over shards) when positive"),
 }
 
 
@@ -479,6 +479,12 @@ def _reading(label):
 def _fit_command(args):
     params = {name: getattr(args, name) for name in FIT_PARAMETERS if hasattr(args, name)}
     model_dir = Path(args.model_dir)
+    data = Path(args.data).resolve()
+    if data.is_dir() and data in [model_dir.resolve(), *model_dir.resolve().parents]:
+        raise ValueError(
+            f"MODEL_DIR {model_dir} lies in DATA {args.data}: the model's files would be "
+            "read as data next time. Choose a MODEL_DIR outside it."
+        )
     _make_model_directory(model_dir)
     changed = []
     if args.resume:
@@ -591,7 +597,13 @@ def _fit_shards(model, shards, args, changed):
     for number, index in steps:
         (X,) = _arrays([shards[index]], n_features)
         model.partial_fit(X)
-        if index == len(shards) - 1 and (number + 1) % every == 0:
+        if index < len(shards) - 1:
+            continue
+        if model.verbose:
+            # The mean of the pass's shard losses, weighted by their rows, as fit's epochs.
+            losses = model.loss_curve_[-len(shards) :]
+            print(f"pass {number + 1}: loss {np.average(losses, weights=n_shard_rows):.5g}")
+        if (number + 1) % every == 0:
             save(model, args.model_dir)
 
 

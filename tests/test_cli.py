@@ -168,6 +168,13 @@ def _interrupt_pass(monkeypatch, n):
     monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted)
 
 
+def test_verbose_prints_each_pass_over_shards(data, tmp_path, capsys):
+    argv = ["fit", str(data["directory"]), "-o", str(tmp_path / "sae"), "--max-iter", "2"]
+    assert main([*argv, "--verbose", "1", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^pass 1: loss [0-9.]+\npass 2: loss [0-9.]+\n", out)
+
+
 @pytest.mark.parametrize("source", ["npy", "directory"])
 def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, capsys, source):
     """Ctrl-C in the third pass (an epoch of fit, a shard of partial_fit)."""
@@ -248,6 +255,7 @@ def bad_data(X, tmp_path):
         (["fit", "{tmp}/mixed.npz", "-o", "{tmp}/sae"], "mixed.npz[notes.txt] is not a .npy"),
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
+        (["fit", "{directory}", "-o", "{directory}/sae"], "lies in DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
         (["export", "{model}", "-o", "{tmp}/out", "--format", "onnx"], "format='onnx'"),
