@@ -239,9 +239,9 @@ class SparseAutoencoderTransformer(
         resumes that fit where it stopped, on the same ``X`` and with the same training
         parameters (a change is an error; inference parameters, ``verbose`` and
         ``device`` may change), to the end it would have reached uninterrupted, bit for
-        bit on the CPU. ``loss_curve_``, ``n_iter_``,
-        ``n_steps_`` and ``n_samples_seen_`` keep counting. ``n_components``,
-        ``activation``, ``k`` and ``bandwidth`` cannot change.
+        bit on the CPU. ``loss_curve_``, ``n_iter_``, ``n_steps_`` and
+        ``n_samples_seen_`` keep counting. ``n_components``, ``activation``, ``k`` and
+        ``bandwidth`` cannot change.
 
     partial_fit_samples : int or None, default=None
         The number of samples that ``partial_fit`` calls are planned to train on in all
@@ -892,9 +892,8 @@ class SparseAutoencoderTransformer(
                 warnings.warn(
                     "Training keeps the decoder rows at unit norm, as activation="
                     f"{self._fitted_sparsifier_params['activation']!r} requires, and these "
-                    f"weights' rows have norms from "
-                    f"{norms.min():.3g} to {norms.max():.3g}: the first step rescales them, "
-                    "which changes the codes.",
+                    f"weights' rows have norms from {norms.min():.3g} to {norms.max():.3g}: "
+                    "the first step rescales them, which changes the codes.",
                     UserWarning,
                     stacklevel=3,
                 )
