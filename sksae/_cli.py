@@ -485,7 +485,6 @@ def _fit_command(args):
             f"MODEL_DIR {model_dir} lies in DATA {args.data}: the model's files would be "
             "read as data next time. Choose a MODEL_DIR outside it."
         )
-    _make_model_directory(model_dir)
     changed = []
     if args.resume:
         # warm_start: fit continues the saved model (partial_fit always does).
@@ -504,6 +503,7 @@ def _fit_command(args):
     model._validate_params()
     model._check_sparsifier_params()
     shards = _shards(args.data)
+    _make_model_directory(model_dir)
     try:
         if len(shards) == 1:
             _fit_array(model, shards, args)
