@@ -880,7 +880,7 @@ class SparseAutoencoderTransformer(
         state yet: Adam starts afresh from its weights. Where its activation keeps the
         decoder rows at unit norm and they are not, their norms are folded into the
         encoder first (the same model), or, where the activation cannot follow (TopK's
-        selection), a warning says that the first step changes the codes.
+        selection), rescaled with a warning that this changes the codes.
         """
         state = self.__dict__.get("_trainer_state")
         model = self._module(device, training=True)
@@ -893,10 +893,12 @@ class SparseAutoencoderTransformer(
                     "Training keeps the decoder rows at unit norm, as activation="
                     f"{self._fitted_sparsifier_params['activation']!r} requires, and these "
                     f"weights' rows have norms from {norms.min():.3g} to {norms.max():.3g}: "
-                    "the first step rescales them, which changes the codes.",
+                    "training rescales them first, which changes the codes.",
                     UserWarning,
                     stacklevel=3,
                 )
+                # Before the first step, whose gradient projection assumes unit rows.
+                model.normalize_decoder()
         return self._new_trainer(model, None, state)
 
     def _new_trainer(self, model, schedule, state=None):
