@@ -1,5 +1,7 @@
 """The torch backend on its own: module algebra, sparsifiers and the training loop."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -45,8 +47,9 @@ def test_topk_keeps_the_k_largest_positive_preactivations():
 
 
 def test_relu_penalty_weights_codes_by_decoder_norms():
-    code = ReLU()(torch.tensor([[1.0, -2.0, 3.0]]))
-    assert ReLU().penalty(code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(3.5)
+    code = ReLU()(torch.tensor([[1.0, -2.0, 3.0], [0.0, 4.0, 0.0]]))
+    # The mean over rows of sum_i h_i ||W_dec[i]||: (1 * 2 + 3 * 0.5 + 4 * 5) / 2.
+    assert ReLU().penalty(code, torch.tensor([2.0, 5.0, 0.5])).item() == pytest.approx(11.75)
     assert TopK(k=1).penalty(code, torch.ones(3)) is None
 
 
@@ -143,6 +146,16 @@ def test_geometric_median_is_robust_to_outliers():
     median = geometric_median(X)
     assert median.norm() < 0.5
     assert X.mean(0).norm() > 50
+    # The point of least summed distance, not a coordinate-wise median, which would be
+    # (0, 0) here: the Fermat point of this triangle, (3 - sqrt(3)) / 6 on each axis.
+    triangle = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    expected = (3 - math.sqrt(3)) / 6
+    torch.testing.assert_close(
+        geometric_median(triangle),
+        torch.full((2,), expected, dtype=torch.float64),
+        atol=1e-3,
+        rtol=0,
+    )
 
 
 def test_alpha_warms_up_and_the_learning_rate_decays_on_schedule():

@@ -44,6 +44,9 @@ def test_auto_threshold_flags_gross_outliers_and_few_inliers(clean_data):
     detector = SparseAutoencoderOutlierDetector(n_components=64, max_iter=20, random_state=0)
     labels = detector.fit_predict(clean_data)
     assert np.mean(labels == -1) < 0.1
+    # The fence: 3 interquartile ranges above the upper quartile of the training errors.
+    lower, upper = np.percentile(-detector.score_samples(clean_data), [25, 75])
+    assert detector.offset_ == pytest.approx(-(upper + 3 * (upper - lower)), rel=1e-6)
     gross = np.random.default_rng(0).normal(scale=3.0, size=(50, 16)).astype(np.float32)
     assert (detector.predict(gross) == -1).all()
     np.testing.assert_allclose(
