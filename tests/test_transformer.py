@@ -634,9 +634,9 @@ def test_sparse_input_is_never_densified_whole():
     assert codes.shape == (100_000, 32)
     # What is allocated is bounded by rows, not by the data: the codes (13 MB), one
     # minibatch or chunk at a time, and the rows whose geometric median starts b_dec
-    # (1048 here, 17 MB).
+    # (1048 here, 17 MB). The peak measured 24 MB: under 40 MB, 2.5% of the dense data.
     dense_bytes = X.shape[0] * X.shape[1] * 4
-    assert peak < dense_bytes / 10
+    assert peak < dense_bytes / 40
 
 
 def test_a_memory_map_trains_and_encodes_in_bounded_memory(tmp_path):
