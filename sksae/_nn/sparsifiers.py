@@ -84,7 +84,8 @@ class Sparsifier(torch.nn.Module):
     def scale_latents_(self, factors):
         """Follow pre-activations multiplied by ``factors`` (positive, one per latent) so
         that the code is multiplied by them too, and return True; or change nothing and
-        return False where no such change exists (a selection among latents)."""
+        return False. Only sparsifiers that keep the decoder rows at unit norm need it,
+        and TopK's selection among latents cannot follow."""
         return False
 
 
@@ -102,9 +103,6 @@ class ReLU(Sparsifier):
 
     def forward(self, pre):
         return Code(F.relu(pre))
-
-    def scale_latents_(self, factors):
-        return True
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code, accumulated in the norms' dtype
