@@ -135,7 +135,8 @@ def top_activating_per_feature(model, X, n=20):
     top_values = np.full((n_components, n), -np.inf, dtype=X.dtype)
     top_rows = np.full((n_components, n), -1, dtype=np.intp)
     for start, codes in _encoded_chunks(model, X):
-        candidates = np.concatenate([top_values, codes.T], axis=1)
+        # In X's dtype, as top_activating's: a baseline's codes may come in another.
+        candidates = np.concatenate([top_values, codes.T.astype(X.dtype, copy=False)], axis=1)
         # Each chunk-sized array is freed as soon as it is used, not when its name is next
         # bound: at most two of them (the candidates and their sort order) are ever alive.
         del codes
@@ -410,6 +411,8 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     plt = _pyplot("plot_top_activations")
     X = _validate(model, X)
     _check_image_shape(image_shape, X.shape[1])
+    if _is_int(features):
+        raise TypeError(f"features must be a list of latents, got {features!r}: pass [{features}].")
     features = list(features)
     if not features:
         raise ValueError("features must name at least one latent.")
@@ -433,16 +436,23 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
 
 def _validate(model, X):
     # As transform validates: the feature names and the number of features of X must be
-    # those the model was fitted on.
+    # those the model was fitted on, and for sksae's models its values within what they
+    # can square (larger ones would top the rankings as inf or NaN codes).
     check_is_fitted(model)
+    if hasattr(model, "_validate_input"):
+        return model._validate_input(X)
     return validate_data(
         model, X, accept_sparse=("csr", "csc"), dtype=(np.float64, np.float32), reset=False
     )
 
 
+def _is_int(value):
+    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
+
+
 def _check_feature(model, feature):
     n_components = model.components_.shape[0]
-    if not isinstance(feature, Integral) or not 0 <= feature < n_components:
+    if not _is_int(feature) or not 0 <= feature < n_components:
         raise ValueError(
             f"feature={feature!r} is not a latent of the model: it must be an integer in "
             f"[0, {n_components})."
@@ -450,11 +460,17 @@ def _check_feature(model, feature):
 
 
 def _check_n(n):
-    if not isinstance(n, Integral) or n < 1:
+    if not _is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got n={n!r}.")
 
 
 def _check_image_shape(image_shape, n_features):
+    if not (
+        isinstance(image_shape, tuple | list)
+        and image_shape
+        and all(_is_int(side) and side > 0 for side in image_shape)
+    ):
+        raise ValueError(f"image_shape must be a tuple of positive integers, got {image_shape!r}.")
     if int(np.prod(image_shape)) != n_features:
         raise ValueError(
             f"image_shape={tuple(image_shape)} holds {int(np.prod(image_shape))} pixels, "

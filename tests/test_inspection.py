@@ -179,6 +179,9 @@ def test_a_scikit_learn_baseline_is_inspected_through_its_transform(data, small_
     pca = PCA(n_components=5, random_state=0).fit(X)
     codes = pca.transform(X)
     rows, activations = top_activating_per_feature(pca, X, n=7)
+    # In X's dtype, as top_activating's, whatever the baseline's codes come in.
+    float64_pca = PCA(n_components=5, random_state=0).fit(X.astype(np.float64))
+    assert top_activating_per_feature(float64_pca, X.astype(np.float32), n=7)[1].dtype == np.float32
     expected = np.argsort(-codes, axis=0, kind="stable")[:7].T
     np.testing.assert_array_equal(rows, expected)
     np.testing.assert_allclose(activations, np.take_along_axis(codes.T, expected, axis=1))
@@ -216,10 +219,10 @@ def test_purity_is_nan_for_a_dead_latent(model, data):
 
 def test_clear_errors(model, data, hand_model):
     X, _ = data
-    for feature in [64, -1, 1.5]:
+    for feature in [64, -1, 1.5, True]:
         with pytest.raises(ValueError, match=rf"feature={feature}"):
             top_activating(model, X, feature)
-    for n in [0, -3]:
+    for n in [0, -3, True]:
         with pytest.raises(ValueError, match=rf"n={n}"):
             top_activating(model, X, 0, n=n)
         with pytest.raises(ValueError, match=rf"n={n}"):
@@ -230,8 +233,15 @@ def test_clear_errors(model, data, hand_model):
         feature_label_purity(model, X, np.zeros((X.shape[0], 2)))
     with pytest.raises(ValueError, match="image_shape"):
         plot_dictionary(model, (3, 5))
+    with pytest.raises(ValueError, match="image_shape must be a tuple of positive integers"):
+        plot_dictionary(model, 16)
     with pytest.raises(ValueError, match="feature=64"):
         plot_top_activations(model, X, [0, 64], (4, 4))
+    with pytest.raises(TypeError, match=r"features must be a list of latents, got 0: pass \[0\]"):
+        plot_top_activations(model, X, 0, (4, 4))
+    # As transform does: values whose squares overflow would rank first as inf or NaN.
+    with pytest.raises(ValueError, match="beyond what"):
+        top_activating(model, np.vstack([X[:1] * 1e160, X[1:]]), 0)
     with pytest.raises(ValueError, match="16 features"):
         feature_density(model, X[:, :3])
     with pytest.raises(NotFittedError):
