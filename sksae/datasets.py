@@ -121,7 +121,9 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
         Which hidden state to return: 0 for the embeddings, ``i`` for the output of the
         ``i``-th transformer block.
     batch_size : int, default=32
-        Texts per forward pass.
+        Texts per forward pass, padded to the longest (on the side the tokenizer pads;
+        with its end-of-sequence token if it has no padding token, as GPT-2's); the
+        padding is masked out and never returned.
     max_length : int, default=128
         Longer texts are truncated to this many tokens (special tokens included).
 
@@ -150,6 +152,14 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
             "token_activations needs the transformers package: pip install sksae[interpret]"
         ) from error
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token is None:
+        # GPT-2-like tokenizers have none; the padding is masked out whatever it is.
+        if tokenizer.eos_token is None and batch_size > 1:
+            raise ValueError(
+                "The tokenizer has no padding token, nor an end-of-sequence token to pad "
+                "with: pass batch_size=1, which needs no padding."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModel.from_pretrained(str(model_path)).eval()
     n_layers = model.config.num_hidden_layers
     if layer > n_layers:
@@ -158,7 +168,7 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
             list(texts[start : start + batch_size]),
-            padding=True,
+            padding=batch_size > 1,
             truncation=True,
             max_length=max_length,
             return_special_tokens_mask=True,
@@ -171,7 +181,12 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
         rows.append(hidden[text_index, token_index].float().numpy())
         ids = batch["input_ids"][text_index, token_index].tolist()
         tokens.extend(tokenizer.convert_ids_to_tokens(ids))
-        positions.append(np.stack([text_index.numpy() + start, token_index.numpy()], axis=1))
+        # The index within the text, not within its padded row: a tokenizer that pads on
+        # the left shifts the text's tokens right.
+        in_text = batch["attention_mask"].cumsum(dim=1) - 1
+        positions.append(
+            np.stack([text_index.numpy() + start, in_text[text_index, token_index].numpy()], axis=1)
+        )
     n_features = model.config.hidden_size
     return (
         np.concatenate(rows) if rows else np.empty((0, n_features), dtype=np.float32),

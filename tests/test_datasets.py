@@ -83,3 +83,43 @@ def test_token_activations_are_the_hidden_states_of_the_real_tokens(tiny_languag
 def test_token_activations_rejects_a_layer_the_model_lacks(tiny_language_model):
     with pytest.raises(ValueError, match="layer=3 is beyond the model's 2 hidden layers"):
         token_activations(["a"], tiny_language_model, layer=3)
+
+
+def _with_tokenizer(model_path, directory, **changes):
+    """A copy of the model folder whose tokenizer has the given settings changed."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(model_path, directory)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, **changes)
+    for name, value in changes.items():  # from_pretrained ignores a None token
+        setattr(tokenizer, name, value)
+    tokenizer.save_pretrained(directory)
+    assert all(
+        getattr(transformers.AutoTokenizer.from_pretrained(directory), name) == value
+        for name, value in changes.items()
+    )
+    return directory
+
+
+def test_token_positions_are_within_the_text_whatever_the_padding_side(
+    tiny_language_model, tmp_path
+):
+    texts = ["sparse codes at a time .", "one feature"]  # the second is padded
+    left = _with_tokenizer(tiny_language_model, tmp_path / "left", padding_side="left")
+    expected = token_activations(texts, tiny_language_model, layer=1)
+    _, tokens, positions = token_activations(texts, left, layer=1)
+    assert tokens.tolist() == expected[1].tolist()
+    np.testing.assert_array_equal(positions, expected[2])  # "one" is token 1 of its text
+
+
+def test_a_tokenizer_without_a_padding_token(tiny_language_model, tmp_path):
+    texts = ["sparse codes", "one feature ."]
+    no_pad = _with_tokenizer(tiny_language_model, tmp_path / "no-pad", pad_token=None)
+    with pytest.raises(ValueError, match=r"no padding token.*batch_size=1"):
+        token_activations(texts, no_pad, layer=1)
+    X, tokens, _ = token_activations(texts, no_pad, layer=1, batch_size=1)
+    expected = token_activations(texts, tiny_language_model, layer=1, batch_size=1)
+    assert tokens.tolist() == expected[1].tolist()
+    np.testing.assert_array_equal(X, expected[0])
