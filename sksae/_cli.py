@@ -368,11 +368,11 @@ def _npz_member(file, name):
 def _npz_shape(file, name):
     """The shape of an ``.npz`` member, from its ``.npy`` header: no data is read.
 
-    A member that is not a ``.npy`` file has no shape, ``()``: reading it reports it.
+    A member that is not a ``.npy`` file has no shape, ``None``.
     """
     with np.load(file) as archive:
         if f"{name}.npy" not in archive.zip.namelist():
-            return ()
+            return None
         with archive.zip.open(f"{name}.npy") as member:
             version = np.lib.format.read_magic(member)
             read_header = {
@@ -445,21 +445,26 @@ def _arrays(shards, n_features=None):
     for shard in shards:
         with _reading(shard.label):
             X = shard.read()
-        if not isinstance(X, np.ndarray):
-            raise ValueError(f"{shard.label} is not a .npy array.")
-        if X.ndim != 2:
-            raise ValueError(
-                f"{shard.label} holds an array of shape {X.shape}; sksae needs 2-D arrays "
-                "of shape (n_samples, n_features)."
-            )
-        if n_features is None:
-            n_features = X.shape[1]
-        elif X.shape[1] != n_features:
-            raise ValueError(
-                f"{shard.label} has {X.shape[1]} features, but the model and the other "
-                f"shards have {n_features}."
-            )
+        n_features = _checked_shape(shard.label, getattr(X, "shape", None), n_features)
         yield X.astype(np.float32) if X.dtype == np.float16 else X
+
+
+def _checked_shape(label, shape, n_features):
+    """Check that the array ``label`` has a 2-D ``shape`` with ``n_features`` columns
+    (any, when None); return its number of columns. ``None``: not an array at all."""
+    if shape is None:
+        raise ValueError(f"{label} is not a .npy array.")
+    if len(shape) != 2:
+        raise ValueError(
+            f"{label} holds an array of shape {tuple(shape)}; sksae needs 2-D arrays of shape "
+            "(n_samples, n_features)."
+        )
+    if n_features is not None and shape[1] != n_features:
+        raise ValueError(
+            f"{label} has {shape[1]} features, but the model or the shards before it have "
+            f"{n_features}."
+        )
+    return shape[1]
 
 
 @contextmanager
@@ -557,19 +562,7 @@ def _fit_shards(model, shards, args, changed):
     for shard in shards:
         with _reading(shard.label):
             shape = shard.shape()
-        if len(shape) != 2:
-            raise ValueError(
-                f"{shard.label} holds an array of shape {shape}; sksae needs 2-D arrays of "
-                "shape (n_samples, n_features)."
-                if shape
-                else f"{shard.label} is not a .npy array."
-            )
-        n_features = shape[1] if n_features is None else n_features
-        if shape[1] != n_features:
-            raise ValueError(
-                f"{shard.label} has {shape[1]} features, but the model or the shards before "
-                f"it have {n_features}."
-            )
+        n_features = _checked_shape(shard.label, shape, n_features)
         n_shard_rows.append(shape[0])
     n_rows = sum(n_shard_rows)
     seen, plan = getattr(model, "n_samples_seen_", 0), model.partial_fit_samples
