@@ -8,7 +8,7 @@ import torch
 
 from sksae._nn.batches import DenseRows, map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
-from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK
+from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK, count_true
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 
@@ -53,26 +53,28 @@ def test_relu_penalty_weights_codes_by_decoder_norms():
     assert TopK(k=1).penalty(code, torch.ones(3)) is None
 
 
-def test_jumprelu_straight_through_gradients_follow_the_paper():
+def test_jumprelu_straight_through_gradients_follow_the_paper(device):
     bandwidth = 0.1
     sparsifier = JumpReLU(n_latents=3, bandwidth=bandwidth, threshold=torch.tensor([0.5, 1.0, 2.0]))
+    sparsifier.to(device)
     # Latent 0: 0.52 is within half a bandwidth above its threshold, 0.3 is not;
     # latent 1: 0.97 is within half a bandwidth below; latent 2: nothing near 2.0.
     pre = torch.tensor(
-        [[0.52, 0.97, 0.0], [0.3, 3.0, 1.0]], dtype=torch.float64, requires_grad=True
+        [[0.52, 0.97, 0.0], [0.3, 3.0, 1.0]], dtype=torch.float64, device=device, requires_grad=True
     )
     code = sparsifier(pre)
     torch.testing.assert_close(
-        code.values.detach(), torch.tensor([[0.52, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64)
+        code.values.detach().cpu(),
+        torch.tensor([[0.52, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64),
     )
     code.values.sum().backward()
     # dh/dtheta = -(theta / eps) K((pre - theta) / eps), summed over rows; dh/dpre = H(pre - theta).
     expected_threshold_grad = torch.tensor(
         [-0.5 / bandwidth, -1.0 / bandwidth, 0.0], dtype=torch.float64
     )
-    torch.testing.assert_close(sparsifier.threshold.grad, expected_threshold_grad)
+    torch.testing.assert_close(sparsifier.threshold.grad.cpu(), expected_threshold_grad)
     torch.testing.assert_close(
-        pre.grad, torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+        pre.grad.cpu(), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
     )
 
     sparsifier.threshold.grad = None
@@ -84,8 +86,19 @@ def test_jumprelu_straight_through_gradients_follow_the_paper():
     # dL0/dtheta = -(1 / eps) K(...), divided by the bandwidth once, averaged over rows;
     # the L0 term sends no gradient to the pre-activations.
     expected = torch.tensor([-1.0 / bandwidth, -1.0 / bandwidth, 0.0], dtype=torch.float64) / 2
-    torch.testing.assert_close(sparsifier.threshold.grad, expected)
+    torch.testing.assert_close(sparsifier.threshold.grad.cpu(), expected)
     assert pre.grad is None
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 254, 255, 256, 510, 4096])
+def test_count_true_counts_columns_past_a_byte(n_rows):
+    # Columns all true, all false and mixed; 255-row blocks are summed in uint8, so a
+    # count past 255 that wrapped around would show.
+    rng = np.random.default_rng(n_rows)
+    mask = torch.from_numpy(rng.random((n_rows, 5)) < [1.0, 0.0, 0.5, 0.99, 0.01])
+    counts = count_true(mask)
+    assert counts.dtype == torch.int32
+    assert counts.tolist() == mask.sum(dim=0).tolist()
 
 
 def test_batchtopk_shares_the_budget_over_the_batch_and_tracks_its_threshold():

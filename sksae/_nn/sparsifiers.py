@@ -285,7 +285,7 @@ class _JumpReLUFunction(torch.autograd.Function):
         ctx.bandwidth = bandwidth
         # An unused output (the penalty of an unpenalised fit) gets None, not zeros.
         ctx.set_materialize_grads(False)
-        n_active = count_true(active, dim=None)
+        n_active = count_true(active).sum()
         # where, not a product with the mask: that would first copy it to floats.
         return torch.where(active, pre, 0), (n_active / pre.shape[0]).to(pre.dtype)
 
@@ -293,28 +293,60 @@ class _JumpReLUFunction(torch.autograd.Function):
     def backward(ctx, grad_values, grad_l0):
         pre, threshold, active = ctx.saved_tensors
         bandwidth = ctx.bandwidth
-        window = (pre - threshold).abs_() < bandwidth / 2
+        # The kernel's window |pre - threshold| < eps / 2 by two comparisons, without a
+        # float temporary the size of the code.
+        window = pre > threshold - bandwidth / 2
+        window &= pre < threshold + bandwidth / 2
+        in_window, n_in_window = _sparse_column_sums(window, grad_values)
         grad_pre = None
         grad_threshold = torch.zeros_like(threshold)
         if grad_values is not None:
             grad_pre = torch.where(active, grad_values, 0)
-            in_window = torch.where(window, grad_values, 0).sum(dim=0)
             grad_threshold -= (threshold / bandwidth) * in_window
         if grad_l0 is not None:
-            n_in_window = count_true(window, dim=0).to(threshold.dtype)
+            n_in_window = n_in_window.to(threshold.dtype)
             grad_threshold -= grad_l0 / (pre.shape[0] * bandwidth) * n_in_window
         return grad_pre, grad_threshold, None
 
 
-def count_true(mask, dim):
-    """Number of true entries of a boolean tensor (along ``dim``, or in all).
+def _sparse_column_sums(mask, values):
+    """Sums of ``values`` over the true entries of each column of ``mask`` (``None``
+    without values), and their number, for a mask that is mostly false."""
+    if mask.device.type == "cpu":
+        # Gather the few entries: a masked copy of ``values`` would be a fresh tensor
+        # the size of the code, page-faulted in at every step.
+        rows, columns = mask.nonzero(as_tuple=True)
+        counts = torch.bincount(columns, minlength=mask.shape[1])
+        if values is None:
+            return None, counts
+        sums = values.new_zeros(mask.shape[1]).index_add_(0, columns, values[rows, columns])
+        return sums, counts
+    # On an accelerator nonzero would make the host wait, and a masked copy is cheap.
+    sums = None if values is None else torch.where(mask, values, 0).sum(dim=0)
+    return sums, count_true(mask)
 
-    A byte view sums without the int64 copy of the whole mask that ``sum`` makes.
+
+def count_true(mask):
+    """Number of true entries in each column of a 2-D boolean tensor (int32).
+
+    Summing in any wider type first copies the whole mask to it, which costs more than
+    the sum. Bytes summed in uint8 cannot exceed 255 within a block of 255 rows, so each
+    block is summed in uint8 and only the block sums are widened.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.sparsifiers import count_true
+    >>> count_true(torch.arange(600)[:, None] < torch.tensor([0, 300, 600])).tolist()
+    [0, 300, 600]
     """
     as_bytes = mask.view(torch.uint8)
-    if dim is None:
-        return as_bytes.sum(dtype=torch.int64)
-    return as_bytes.sum(dim=dim, dtype=torch.int32)
+    n_rows, n_columns = as_bytes.shape
+    n_blocks = n_rows // 255
+    blocks = as_bytes[: n_blocks * 255].reshape(n_blocks, 255, n_columns)
+    block_sums = blocks.sum(dim=1, dtype=torch.uint8)
+    rest = as_bytes[n_blocks * 255 :].sum(dim=0, dtype=torch.uint8)
+    return block_sums.sum(dim=0, dtype=torch.int32) + rest
 
 
 #: Codes with at most this fraction of latents active are decoded, and trained, through

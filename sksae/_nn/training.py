@@ -470,7 +470,7 @@ def _firings(code, n_latents, dtype):
     """How many rows of the batch each latent fired on (no host sync)."""
     active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
-        return count_true(active, dim=0).to(dtype)
+        return count_true(active).to(dtype)
     active = active.to(dtype)
     return torch.zeros(n_latents, dtype=dtype, device=active.device).index_add_(
         0, code.indices.flatten(), active.flatten()
