@@ -131,9 +131,14 @@ def test_batchtopk_selects_the_batch_top_from_row_candidates_or_all_values():
     concentrated[3] += 10.0  # one row holds all of the batch's top, far beyond its candidates
     negative = -spread.abs()
     negative[0, :5] = 1.0  # fewer positive values than the batch keeps
-    for pre in [spread, concentrated, negative]:
-        pre.requires_grad_(True)
-        code = BatchTopK(k=2)(pre).values
+    # One sparsifier sees the batches in turn: each but the first first tries a bound
+    # from the previous batch's cutoff, which the shifted batches defeat (too few values
+    # above it) or loosen (most values above it).
+    sparsifier = BatchTopK(k=2)
+    batches = [spread, spread.flip(0), concentrated, negative, spread / 2, spread * 4]
+    for pre in batches:
+        pre = pre.detach().requires_grad_(True)
+        code = sparsifier(pre).values
         expected = _batch_top_reference(pre, k=2)
         torch.testing.assert_close(code, expected, rtol=0, atol=0)
         (grad,) = torch.autograd.grad(code.square().sum(), pre)

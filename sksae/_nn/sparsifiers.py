@@ -156,8 +156,12 @@ class BatchTopK(TopK):
 
     #: Weight of the newest batch in the moving average of the threshold.
     threshold_momentum = 0.01
-    #: Each row's own largest ``candidates_per_k * k`` activations are the candidates
-    #: for the batch's selection (all of them when a row could hold more).
+    #: A batch's selection first runs over the values at or above this fraction of the
+    #: previous batch's cutoff: consecutive cutoffs differ by a few percent (measured:
+    #: never by 20% at 256 rows, 5% of the time at 64).
+    previous_cutoff_fraction = 0.75
+    #: Otherwise each row's own largest ``candidates_per_k * k`` activations are the
+    #: candidates for the batch's selection (all of them when a row could hold more).
     candidates_per_k = 4
 
     def __init__(self, k, threshold=None):
@@ -165,6 +169,8 @@ class BatchTopK(TopK):
         if threshold is None:
             threshold = torch.tensor(math.nan, dtype=torch.float64)
         self.register_buffer("threshold", threshold.to(torch.float64))
+        # Training state, not part of the model: NaN until a batch has been selected.
+        self.register_buffer("cutoff", torch.tensor(math.nan), persistent=False)
 
     def trains_sparse(self, n_latents):
         # Rows keep different numbers of latents: the code stays dense.
@@ -173,21 +179,30 @@ class BatchTopK(TopK):
     def forward(self, pre):
         kept = self._batch_top(pre.detach())
         self._track_threshold(kept)
+        self.cutoff = kept.min()
         # Every activation at or above the smallest kept one: the batch's top ``batch * k``
-        # (ties aside). The threshold is never negative, so this is ReLU'd too.
-        return Code(torch.where(pre >= kept.min(), pre, 0))
+        # (ties aside), ReLU'd too as the cutoff is never negative. ``threshold`` keeps
+        # the values strictly above the largest float below the cutoff: a ReLU's pass
+        # forward and backward, where a masked copy takes two.
+        below = torch.nextafter(self.cutoff, self.cutoff.new_tensor(-math.inf))
+        return Code(F.threshold(pre, below.item(), 0.0))
 
     def _batch_top(self, pre):
         """The ``batch * k`` largest values of ``ReLU(pre)`` over the whole batch.
 
-        A top-k over all ``batch * n_latents`` values is slow. The top over each row's
-        own largest ``candidates_per_k * k`` values, a subset, has a smallest value that
-        bounds the batch's from below; the exact selection then runs over the values at
-        or above that bound alone (one host sync, for their count). Only when the bound
-        is 0 (few positive candidates) does it run over every value.
+        A top-k over all ``batch * n_latents`` values is slow, so it runs over the values
+        at or above a lower bound of the batch's cutoff alone: a fraction of the previous
+        batch's cutoff where at least ``batch * k`` values reach it (a count, one host
+        sync), else the smallest of the top over each row's own largest
+        ``candidates_per_k * k`` values, a subset. Only when that bound is 0 (few
+        positive candidates) does it run over every value.
         """
         n_rows, n_latents = pre.shape
         budget = self.k * n_rows
+        bound = self.previous_cutoff_fraction * self.cutoff.to(pre.dtype)
+        above = pre >= bound  # all false for the first batch, whose cutoff is NaN
+        if count_true(above).sum() >= budget:
+            return pre[above].topk(budget, sorted=False).values
         per_row = min(n_latents, self.candidates_per_k * self.k)
         candidates = F.relu(pre.topk(per_row, dim=1, sorted=False).values)
         kept = candidates.flatten().topk(budget, sorted=False).values
