@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._nn.batches import (
     as_dense,
+    inference_chunk_rows,
     map_chunks,
     map_rows,
     rows_per_chunk,
@@ -1118,12 +1119,18 @@ class SparseAutoencoderTransformer(
         except ValueError:
             return torch.device("cpu")
 
+    def _inference_module(self, dtype):
+        """The model in ``dtype`` for inference, and where and in what chunks it runs."""
+        device = self._inference_device()
+        model = self._module(device, dtype=dtype)
+        chunk_rows = inference_chunk_rows(model.W_dec.shape[1], model.n_latents)
+        return model, {"device": device, "chunk_rows": chunk_rows}
+
     def _map_rows(self, fn, X):
         """``fn(model, rows)`` over ``X`` in chunks, the model in the dtype of ``X``."""
-        device = self._inference_device()
-        model = self._module(device, dtype=X.dtype)
+        model, placement = self._inference_module(X.dtype)
         with torch.inference_mode():
-            return map_rows(lambda chunk: fn(model, chunk), X, device=device)
+            return map_rows(lambda chunk: fn(model, chunk), X, **placement)
 
     def _validate_input(self, X):
         check_is_fitted(self)
@@ -1154,12 +1161,11 @@ class SparseAutoencoderTransformer(
         encode = self._encoder()
         if not self.sparse_output:
             return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
-        device = self._inference_device()
-        model = self._module(device, dtype=X.dtype)
+        model, placement = self._inference_module(X.dtype)
         with torch.inference_mode():
             chunks = [
                 _code_to_csr(code, stop - start, model.n_latents)
-                for start, stop, code in map_chunks(partial(encode, model), X, device=device)
+                for start, stop, code in map_chunks(partial(encode, model), X, **placement)
             ]
         codes = sp.vstack(chunks, format="csr")
         codes.sort_indices()
