@@ -275,7 +275,7 @@ class SparseAutoencoderTransformer(
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
         better codes at a cost that grows with its square. ``None`` means ``4 * k``.
         ``k`` refits the values of the encoder's own ``k`` largest pre-activations, the
-        cheapest step past the encoder (2.5 to 3 times its cost).
+        cheapest step past the encoder (about twice its cost).
 
     sparse_output : bool, default=False
         Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
