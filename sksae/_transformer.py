@@ -5,7 +5,7 @@ import math
 import warnings
 from contextlib import contextmanager
 from functools import partial
-from numbers import Integral, Real
+from numbers import Real
 from typing import NamedTuple
 
 import numpy as np
@@ -48,6 +48,7 @@ from ._nn.training import (
     evaluate_fvu,
     tree_map,
 )
+from ._validation import Integers
 
 #: Input dtypes kept as they are (any other numeric type becomes float64).
 _FLOAT_DTYPES = [np.float64, np.float32]
@@ -402,29 +403,29 @@ class SparseAutoencoderTransformer(
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Integers(1)],
         "activation": [StrOptions(set(SPARSIFIERS))],
-        "k": [Interval(Integral, 1, None, closed="left")],
+        "k": [Integers(1)],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "bandwidth": [Interval(Real, 0, None, closed="neither")],
-        "aux_k": [Interval(Integral, 1, None, closed="left"), None],
+        "aux_k": [Integers(1), None],
         "aux_coef": [Interval(Real, 0, None, closed="left")],
-        "dead_steps": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "dead_steps": [Integers(1)],
+        "batch_size": [Integers(1)],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
-        "learning_rate_warmup_steps": [Interval(Integral, 0, None, closed="left")],
+        "learning_rate_warmup_steps": [Integers(0)],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Integers(1)],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "max_no_improvement": [Interval(Integral, 1, None, closed="left"), None],
+        "max_no_improvement": [Integers(1), None],
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
         "warm_start": ["boolean"],
-        "partial_fit_samples": [Interval(Integral, 1, None, closed="left"), None],
+        "partial_fit_samples": [Integers(1), None],
         "transform_algorithm": [StrOptions({"encoder", "pursuit"})],
-        "transform_n_candidates": [Interval(Integral, 1, None, closed="left"), None],
+        "transform_n_candidates": [Integers(1), None],
         "sparse_output": ["boolean"],
         "device": [str],
         "autocast_dtype": [StrOptions({"bfloat16"}), None],

@@ -2,20 +2,22 @@
 token activations of a transformer language model."""
 
 import os
-from numbers import Integral, Real
+from numbers import Real
 
 import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, validate_params
+
+from ._validation import Integers
 
 __all__ = ["make_sparse_superposition", "token_activations"]
 
 
 @validate_params(
     {
-        "n_samples": [Interval(Integral, 1, None, closed="left")],
-        "n_features": [Interval(Integral, 1, None, closed="left")],
-        "n_sources": [Interval(Integral, 1, None, closed="left")],
+        "n_samples": [Integers(1)],
+        "n_features": [Integers(1)],
+        "n_sources": [Integers(1)],
         "n_active": [Interval(Real, 0, None, closed="neither")],
         "noise": [Interval(Real, 0, None, closed="left")],
         "random_state": ["random_state"],
@@ -94,9 +96,9 @@ def make_sparse_superposition(
     {
         "texts": ["array-like"],
         "model_path": [str, os.PathLike],
-        "layer": [Interval(Integral, 0, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_length": [Interval(Integral, 2, None, closed="left")],
+        "layer": [Integers(0)],
+        "batch_size": [Integers(1)],
+        "max_length": [Integers(2)],
     },
     prefer_skip_nested_validation=True,
 )

@@ -9,12 +9,11 @@ with the model's own ``transform``, never holding the full ``(n_samples, n_compo
 code matrix, so they run on data whose codes would not fit in memory.
 """
 
-from numbers import Integral
-
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._nn.batches import as_dense, rows_per_chunk
+from ._validation import is_int
 
 __all__ = [
     "feature_density",
@@ -347,7 +346,7 @@ def plot_dictionary(model, image_shape, n_atoms=64, fig=None):
     plt = _pyplot("plot_dictionary")
     check_is_fitted(model)
     _check_image_shape(image_shape, model.components_.shape[1])
-    if not isinstance(n_atoms, Integral) or n_atoms < 1:
+    if not is_int(n_atoms) or n_atoms < 1:
         raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}.")
     atoms = model.components_[:n_atoms]
     n_cols = int(np.ceil(np.sqrt(atoms.shape[0])))
@@ -411,7 +410,7 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     plt = _pyplot("plot_top_activations")
     X = _validate(model, X)
     _check_image_shape(image_shape, X.shape[1])
-    if _is_int(features):
+    if is_int(features):
         raise TypeError(f"features must be a list of latents, got {features!r}: pass [{features}].")
     features = list(features)
     if not features:
@@ -446,13 +445,9 @@ def _validate(model, X):
     )
 
 
-def _is_int(value):
-    return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
-
-
 def _check_feature(model, feature):
     n_components = model.components_.shape[0]
-    if not _is_int(feature) or not 0 <= feature < n_components:
+    if not is_int(feature) or not 0 <= feature < n_components:
         raise ValueError(
             f"feature={feature!r} is not a latent of the model: it must be an integer in "
             f"[0, {n_components})."
@@ -460,7 +455,7 @@ def _check_feature(model, feature):
 
 
 def _check_n(n):
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive integer, got n={n!r}.")
 
 
@@ -468,7 +463,7 @@ def _check_image_shape(image_shape, n_features):
     if not (
         isinstance(image_shape, tuple | list)
         and image_shape
-        and all(_is_int(side) and side > 0 for side in image_shape)
+        and all(is_int(side) and side > 0 for side in image_shape)
     ):
         raise ValueError(f"image_shape must be a tuple of positive integers, got {image_shape!r}.")
     if int(np.prod(image_shape)) != n_features:

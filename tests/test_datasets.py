@@ -36,6 +36,8 @@ def test_invalid_arguments():
         make_sparse_superposition(10, 4, 8, n_active=9)
     with pytest.raises(ValueError, match="n_samples"):
         make_sparse_superposition(0)
+    with pytest.raises(ValueError, match=r"'n_samples' parameter .* must be an int .* Got True"):
+        make_sparse_superposition(True)
 
 
 @pytest.fixture(scope="module")

@@ -897,6 +897,8 @@ def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
         (dict(k=100, activation="batchtopk"), "k=100 must be at most n_components=64"),
         (dict(bandwidth=0.0), "'bandwidth' parameter"),
         (dict(k=0), "'k' parameter"),
+        (dict(k=True), "'k' parameter .* must be an int .* Got True"),
+        (dict(max_iter=True), "'max_iter' parameter"),
         (dict(alpha=-1.0), "'alpha' parameter"),
         (dict(activation="sigmoid"), "'activation' parameter"),
         (dict(device="gpu-please"), "is not a torch device"),
