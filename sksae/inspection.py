@@ -9,6 +9,8 @@ with the model's own ``transform``, never holding the full ``(n_samples, n_compo
 code matrix, so they run on data whose codes would not fit in memory.
 """
 
+import warnings
+
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -483,8 +485,12 @@ def _encoded_chunks(model, X):
     # sksae's models skip the validation that _validate already did; others transform.
     transform = getattr(model, "_transform_validated", model.transform)
     for start in range(0, X.shape[0], chunk_rows):
-        # Nothing here keeps a reference to the chunk: the caller's is the only one.
-        yield start, as_dense(transform(X[start : start + chunk_rows]))
+        with warnings.catch_warnings():
+            # _validate checked the names of X's features; its chunks are arrays.
+            warnings.filterwarnings("ignore", "X does not have valid feature names")
+            # Nothing here keeps a reference to the chunk: the caller's is the only one.
+            codes = transform(X[start : start + chunk_rows])
+        yield start, as_dense(codes)
 
 
 def _merge_top(candidates, top_rows, start):

@@ -321,12 +321,19 @@ def test_plot_top_activations(model, data, pyplot):
     assert n_images(plot_top_activations(model, X[:3], [1], (4, 4), n=8)) == 3
 
 
-def test_dataframes_keep_their_feature_names(data, recwarn):
+@pytest.mark.parametrize("baseline", [False, True])
+def test_dataframes_keep_their_feature_names(data, recwarn, baseline):
+    from sklearn.decomposition import PCA
+
     pd = pytest.importorskip("pandas")
     X = pd.DataFrame(data[0], columns=[f"x{i}" for i in range(16)])
-    named = SparseAutoencoderTransformer(n_components=64, k=3, max_iter=2, random_state=0).fit(X)
+    if baseline:
+        named = PCA(n_components=5, random_state=0).fit(X)
+    else:
+        named = SparseAutoencoderTransformer(n_components=64, k=3, max_iter=2, random_state=0)
+        named.fit(X)
     rows, _ = top_activating_per_feature(named, X, n=3)
-    assert rows.shape == (64, 3)
+    assert rows.shape == (named.components_.shape[0], 3)
     assert not [w for w in recwarn if "feature names" in str(w.message)]
     with pytest.raises(ValueError, match="feature names"):
         feature_density(named, X.rename(columns={"x0": "other"}))
