@@ -23,7 +23,7 @@ def is_int(value):
 
 
 class Integers(Interval):
-    """The integers from ``left`` on (or in ``[left, right]``), as a parameter constraint.
+    """The integers from ``left`` on, as a parameter constraint.
 
     Examples
     --------
@@ -34,8 +34,8 @@ class Integers(Interval):
     'an int in the range [1, inf)'
     """
 
-    def __init__(self, left, right=None):
-        super().__init__(Integral, left, right, closed="both" if right is not None else "left")
+    def __init__(self, left):
+        super().__init__(Integral, left, None, closed="left")
 
     def is_satisfied_by(self, val):
         return is_int(val) and super().is_satisfied_by(val)
