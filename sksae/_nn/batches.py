@@ -11,15 +11,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-#: Rows per inference chunk, at least. Every chunk of a model is zero-padded to the same
-#: number of rows (:func:`inference_chunk_rows`): a lone row would take a different BLAS
-#: path (gemv) than a block and could differ in the last bits, so fixed-size chunks make
-#: ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``.
+#: Rows per inference chunk. Every chunk is zero-padded to exactly this many rows: a
+#: lone row would take a different BLAS path (gemv) than a block and could differ in the
+#: last bits, so fixed-size chunks make ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``.
 INFERENCE_CHUNK_ROWS = 256
-
-#: Values (rows x the wider of features and latents) of an inference chunk: narrow models
-#: get more rows, so that the work per chunk outweighs the cost of its many small ops.
-INFERENCE_CHUNK_VALUES = 2**20
 
 #: Values (rows x features) that a statistic over the data densifies at a time.
 CHUNK_VALUES = 2**20
@@ -28,19 +23,6 @@ CHUNK_VALUES = 2**20
 def rows_per_chunk(n_features, values=CHUNK_VALUES):
     """Rows of ``n_features`` columns that fit in ``values`` values (at least one)."""
     return max(1, values // max(n_features, 1))
-
-
-def inference_chunk_rows(n_features, n_latents):
-    """Rows per inference chunk of a model: :data:`INFERENCE_CHUNK_ROWS`, or more while a
-    chunk's codes and inputs stay within :data:`INFERENCE_CHUNK_VALUES` values each.
-
-    Examples
-    --------
-    >>> from sksae._nn.batches import inference_chunk_rows
-    >>> inference_chunk_rows(64, 512), inference_chunk_rows(512, 4096)
-    (2048, 256)
-    """
-    return max(INFERENCE_CHUNK_ROWS, INFERENCE_CHUNK_VALUES // max(n_features, n_latents))
 
 
 def to_tensor(X, device):
