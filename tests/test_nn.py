@@ -90,6 +90,19 @@ def test_jumprelu_straight_through_gradients_follow_the_paper(device):
     assert pre.grad is None
 
 
+def test_jumprelu_window_is_exact_around_a_large_threshold():
+    # Around 1000, float32 values are 6e-5 apart: bounds 1000 -+ 5e-4 rounded to nearest
+    # would take in or leave out the values next to the window's edges.
+    bandwidth, threshold = 1e-3, torch.tensor([1000.0])
+    sparsifier = JumpReLU(n_latents=1, bandwidth=bandwidth, threshold=threshold)
+    pre = (1000.0 + torch.linspace(-1e-3, 1e-3, 4001, dtype=torch.float64)).float()[:, None]
+    pre.requires_grad_(True)
+    sparsifier.penalty(sparsifier(pre), decoder_norms=None).backward()
+    in_window = ((pre.detach().double() - 1000.0).abs() < bandwidth / 2).sum()
+    expected = -in_window / (len(pre) * bandwidth)
+    assert sparsifier.threshold.grad.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 @pytest.mark.parametrize("n_rows", [0, 1, 254, 255, 256, 510, 4096])
 def test_count_true_counts_columns_past_a_byte(n_rows):
     # Columns all true, all false and mixed; 255-row blocks are summed in uint8, so a

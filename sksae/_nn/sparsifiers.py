@@ -310,8 +310,9 @@ class _JumpReLUFunction(torch.autograd.Function):
         bandwidth = ctx.bandwidth
         # The kernel's window |pre - threshold| < eps / 2 by two comparisons, without a
         # float temporary the size of the code.
-        window = pre > threshold - bandwidth / 2
-        window &= pre < threshold + bandwidth / 2
+        lower, upper = _open_interval(threshold, bandwidth / 2)
+        window = pre > lower
+        window &= pre < upper
         in_window, n_in_window = _sparse_column_sums(window, grad_values)
         grad_pre = None
         grad_threshold = torch.zeros_like(threshold)
@@ -322,6 +323,21 @@ class _JumpReLUFunction(torch.autograd.Function):
             n_in_window = n_in_window.to(threshold.dtype)
             grad_threshold -= grad_l0 / (pre.shape[0] * bandwidth) * n_in_window
         return grad_pre, grad_threshold, None
+
+
+def _open_interval(center, radius):
+    """Bounds in ``center``'s dtype such that ``lower < p < upper`` exactly when
+    ``|p - center| < radius`` for every ``p`` of that dtype.
+
+    ``center - radius`` and ``center + radius`` are formed in float64 and rounded
+    outwards: rounded to nearest, they could move by half a unit in the last place of
+    ``center``, a sizeable part of a narrow window around a large threshold.
+    """
+    center64 = center.to(torch.float64)
+    lower, upper = (center64 - radius).to(center.dtype), (center64 + radius).to(center.dtype)
+    lower = torch.where(lower > center64 - radius, torch.nextafter(lower, lower - 1), lower)
+    upper = torch.where(upper < center64 + radius, torch.nextafter(upper, upper + 1), upper)
+    return lower, upper
 
 
 def _sparse_column_sums(mask, values):
