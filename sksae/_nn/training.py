@@ -339,9 +339,11 @@ class Trainer:
             batch = X.take(rows if order is None else order[rows])
             with torch.no_grad():
                 # The data's own scale enters too: with a single sample, the zero-code
-                # loss is 0 and any rounding error would look like divergence.
-                reference = (batch - self.model.b_dec).square().sum(dtype=torch.float64)
-                reference += batch.square().sum(dtype=torch.float64)
+                # loss is 0 and any rounding error would look like divergence. Row norms
+                # first: a float64 sum of the batch would copy it to float64.
+                reference = torch.linalg.vector_norm(batch - self.model.b_dec, dim=1).square()
+                reference += torch.linalg.vector_norm(batch, dim=1).square()
+                reference = reference.sum(dtype=torch.float64)
             loss, squared_error, code = self.step(batch)
             fired_now = _firings(code, self.model.n_latents, fired.dtype)
             n_rows = batch.shape[0]
