@@ -102,7 +102,8 @@ class SparseAutoencoder(torch.nn.Module):
         (:meth:`Sparsifier.trains_sparse`), the gradient reaches the encoder through the
         chosen entries alone, and ``pre`` is never differentiated (it may come from
         ``pre_activation(x, out=...)``): the backward pass costs
-        ``O(batch * k * n_features)`` instead of a second dense matmul.
+        ``O(batch * k * n_features)`` instead of a second dense matmul. A dense code may
+        be written over ``pre`` (JumpReLU's is), whose values are then lost.
         """
         if not self.sparsifier.trains_sparse(self.n_latents):
             if not self.sparsifier.low_precision_code:
