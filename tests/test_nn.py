@@ -8,7 +8,15 @@ import torch
 
 from sksae._nn.batches import DenseRows, map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
-from sksae._nn.sparsifiers import BatchTopK, Code, JumpReLU, ReLU, TopK, count_true
+from sksae._nn.sparsifiers import (
+    BatchTopK,
+    Code,
+    JumpReLU,
+    ReLU,
+    TopK,
+    _Entries,
+    count_true,
+)
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
 
 
@@ -101,6 +109,21 @@ def test_jumprelu_window_is_exact_around_a_large_threshold():
     in_window = ((pre.double() - 1000.0).abs() < bandwidth / 2).sum()
     expected = -in_window / (len(pre) * bandwidth)
     assert sparsifier.threshold.grad.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_window_entries_sum_alike_as_indices_and_as_a_mask():
+    # The CPU keeps a window's entries as indices, an accelerator as the mask itself;
+    # both forms are built here on the CPU and must give the same sums and counts.
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.rand(300, 7, generator=generator) < 0.05
+    values = torch.randn(300, 7, dtype=torch.float64, generator=generator)
+    as_indices = _Entries.of(mask)
+    as_mask = _Entries(count_true(mask), mask=mask)
+    assert as_indices.mask is None and as_indices.rows is not None
+    expected = (values * mask).sum(dim=0)
+    torch.testing.assert_close(as_indices.column_sums(values), expected)
+    torch.testing.assert_close(as_mask.column_sums(values), expected)
+    assert as_indices.counts.tolist() == as_mask.counts.tolist() == mask.sum(dim=0).tolist()
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 254, 255, 256, 510, 4096])
