@@ -29,7 +29,8 @@ Run from the repository root (see ``benchmarks/README.rst``)::
 
 ``--quick`` uses 10,000 samples (a smoke run); ``--seed`` seeds the data and every model;
 ``--variants`` adds TopK with ``autocast_dtype="bfloat16"`` and the other SAE variants
-(BatchTopK, and JumpReLU and ReLU over a grid of ``alpha`` on normalised input);
+(BatchTopK, and JumpReLU and ReLU over a grid of ``alpha`` on normalised input, and
+JumpReLU at alpha 1 and 10 with ``autocast_dtype="bfloat16"``);
 ``--mbdl-no-early-stop`` makes MBDL run its 3 epochs in full (by default its early stopping
 ends the fit within the first epoch).
 """
@@ -101,6 +102,18 @@ VARIANTS = [
         )
         for name, activation in [("JumpReLU", "jumprelu"), ("ReLU", "relu")]
         for alpha in [0.01, 0.1, 1.0, 10.0]
+    ),
+    *(
+        (
+            f"JumpReLU alpha={alpha:g} bf16 autocast",
+            {
+                "activation": "jumprelu",
+                "alpha": alpha,
+                "normalize_input": "mean_norm",
+                "autocast_dtype": "bfloat16",
+            },
+        )
+        for alpha in [1.0, 10.0]
     ),
 ]
 

@@ -121,8 +121,8 @@ def test_window_entries_sum_alike_as_indices_and_as_a_mask():
     as_mask = _Entries(count_true(mask), mask=mask)
     assert as_indices.mask is None and as_indices.rows is not None
     expected = (values * mask).sum(dim=0)
-    torch.testing.assert_close(as_indices.column_sums(values), expected)
-    torch.testing.assert_close(as_mask.column_sums(values), expected)
+    torch.testing.assert_close(as_indices.column_sums(values, torch.float64), expected)
+    torch.testing.assert_close(as_mask.column_sums(values, torch.float64), expected)
     assert as_indices.counts.tolist() == as_mask.counts.tolist() == mask.sum(dim=0).tolist()
 
 

@@ -137,9 +137,12 @@ class Trainer:
     autocast_dtype : torch dtype or None
         Low-precision dtype (``torch.bfloat16``) of the encoder's and the dense
         decoder's matmuls, forward and backward, under :func:`torch.autocast`. A TopK
-        selection reads the low-precision pre-activations; the chosen values, the codes,
-        the sparse decoder, the loss, the weights, the optimiser and the statistics stay
-        in the model's dtype. float64 models are not cast.
+        selection reads the low-precision pre-activations, and the dense codes of the
+        sparsifiers that allow it stay in low precision
+        (:attr:`~sksae._nn.sparsifiers.Sparsifier.low_precision_code`); the chosen
+        values, the other codes, the sparse decoder, the loss, the weights, the
+        optimiser and the statistics stay in the model's dtype. float64 models are not
+        cast.
 
     Examples
     --------
