@@ -237,7 +237,7 @@ class Trainer:
             objective = squared_error + alpha * penalty
         loss = objective
         if self._auxk_latents is not None:
-            # ``pre`` is intact: the sparsifiers that need AuxK keep their codes apart.
+            # ``pre`` is intact: only sparsifiers without AuxK (JumpReLU) write codes over it.
             residual = (x - x_hat).detach()
             loss = objective + self.auxk.coef * self.aux_loss(x, pre, residual)
         return loss, objective, squared_error, code
