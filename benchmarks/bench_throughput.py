@@ -17,7 +17,7 @@ Rows, for float32 and float64:
 * ``sksae``: the estimator's ``fit`` on ``steps * B`` rows for two epochs (input
   validation, the geometric-median initialisation and the per-epoch statistics included),
   for each ``activation``, and in float32 with ``autocast_dtype="bfloat16"`` (the
-  encoder's matmul in bfloat16) for TopK, ReLU and JumpReLU.
+  encoder's matmul in bfloat16) for every ``activation``.
 
 Run from the repository root::
 
@@ -157,7 +157,7 @@ def main(argv=None):
     X64 = rng.standard_t(df=4, size=(BATCH * n_steps, N_FEATURES)) @ mixing
     rows = [("plain torch", "relu"), ("plain torch", "topk")]
     rows += [("sksae fit", activation) for activation in ["relu", "topk", "batchtopk", "jumprelu"]]
-    rows += [("sksae bf16", activation) for activation in ["topk", "relu", "jumprelu"]]
+    rows += [("sksae bf16", activation) for activation in ["topk", "relu", "batchtopk", "jumprelu"]]
 
     print(f"training steps of B={BATCH}, d={N_FEATURES}, n={N_LATENTS}, k={K}")
     print(f"{'dtype':<9}{'trainer':<13}{'activation':<11}{'steps/s':>8}{'rate/limit':>11}", end="")

@@ -208,7 +208,9 @@ def test_no_plateau_is_judged_while_alpha_warms_up(superposition_small, activati
 
 @pytest.mark.parametrize(
     "activation, n_components",
-    [("topk", 128), ("topk", 64), ("relu", 64)],  # sparse TopK path, dense paths
+    # The sparse TopK path, then the dense paths (TopK at a large k, the codes kept in
+    # bfloat16).
+    [("topk", 128), ("topk", 64), ("relu", 64), ("batchtopk", 64)],
 )
 def test_bfloat16_autocast_trains_as_well_as_float32(superposition_small, activation, n_components):
     X, _ = superposition_small

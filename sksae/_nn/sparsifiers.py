@@ -164,6 +164,10 @@ class BatchTopK(TopK):
     #: candidates for the batch's selection (all of them when a row could hold more).
     candidates_per_k = 4
 
+    #: Under autocast the selection reads bfloat16 values as they are: cast up, they
+    #: would be the same values, ties included.
+    low_precision_code = True
+
     def __init__(self, k, threshold=None):
         super().__init__(k)
         if threshold is None:
