@@ -294,8 +294,8 @@ class SparseAutoencoderTransformer(
         (forward and backward), in this lower precision, with the weights, the
         optimiser and everything else in the dtype of the data (float32; float64 data
         is never cast). With ``"topk"`` the selection of the ``k`` latents reads the
-        low-precision pre-activations, the kept values are cast back up; ``"relu"``
-        and ``"jumprelu"`` keep their codes in it. With ``"jumprelu"`` each step
+        low-precision pre-activations, the kept values are cast back up; the other
+        activations keep their codes in it. With ``"jumprelu"`` each step
         offsets the thresholds by a different fraction of bfloat16's spacing, without
         which they would learn too low (the pre-activations' spacing near them can
         exceed ``bandwidth``). Worth it
