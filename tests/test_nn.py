@@ -9,12 +9,15 @@ import torch
 from sksae._nn.batches import DenseRows, map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
 from sksae._nn.sparsifiers import (
+    _GOLDEN_RATIO,
     BatchTopK,
     Code,
     JumpReLU,
     ReLU,
     TopK,
     _Entries,
+    _rounded_down,
+    _rounded_up,
     count_true,
 )
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
@@ -109,6 +112,59 @@ def test_jumprelu_window_is_exact_around_a_large_threshold():
     in_window = ((pre.double() - 1000.0).abs() < bandwidth / 2).sum()
     expected = -in_window / (len(pre) * bandwidth)
     assert sparsifier.threshold.grad.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bounds_round_outwards_to_the_nearest_number_of_the_dtype(dtype):
+    # Every bfloat16 value, its float32 neighbours, and values of every magnitude: the
+    # bound must be the number of ``dtype`` next to the value on its side (past 256 in
+    # bfloat16, stepping "towards value - 1" would not move).
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    values = every.view(torch.bfloat16).float()
+    values = values[values.isfinite()]
+    inf = torch.tensor(math.inf)
+    values = torch.cat([values, torch.nextafter(values, inf), torch.nextafter(values, -inf)])
+    # And float64 values between float32 ones, small to large.
+    scales = torch.tensor([1e-30, 1.0, 1e6, 1e30], dtype=torch.float64)
+    between = torch.randn(4, 2500, dtype=torch.float64) * scales[:, None]
+    values = torch.cat([values[values.isfinite()].double(), between.flatten()])
+    down, up = _rounded_down(values, dtype), _rounded_up(values, dtype)
+    assert down.dtype == up.dtype == dtype
+    assert (down.double() <= values).all() and (up.double() >= values).all()
+    assert (torch.nextafter(down, down.new_tensor(math.inf)).double() > values).all()
+    assert (torch.nextafter(up, up.new_tensor(-math.inf)).double() < values).all()
+
+
+def test_jumprelu_offsets_span_one_bfloat16_spacing_and_follow_the_trainer():
+    thresholds = torch.tensor([0.0, 1e-3, 0.3, 1.0, 1.5, 300.0])
+    sparsifier = JumpReLU(6, bandwidth=1e-3)
+    sparsifier.training_step = 1
+    offsets = sparsifier._dither(thresholds, torch.bfloat16)
+    positive = thresholds > 0
+    spacing = torch.where(positive, torch.exp2(torch.log2(thresholds).floor()) * 2**-7, 0)
+    torch.testing.assert_close(offsets, (math.fmod(_GOLDEN_RATIO, 1) - 0.5) * spacing)
+
+    # The offsets are indexed by the optimiser's step, which a resumed trainer
+    # continues: partial_fit makes a new trainer, and a new sparsifier, at each call.
+    seen = []
+
+    class Recording(JumpReLU):
+        def forward(self, pre):
+            seen.append(self.training_step)
+            return super().forward(pre)
+
+    x = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    first = Trainer(_model(Recording(20, bandwidth=0.1)), learning_rate=1e-3, alpha=0.1)
+    first.step(x)
+    first.step(x)
+    resumed = _model(Recording(20, bandwidth=0.1))
+    Trainer(resumed, learning_rate=1e-3, alpha=0.1, state=first.state_dict()).step(x)
+    assert seen == [0, 1, 2]
+
+
+def test_jumprelu_refuses_negative_thresholds():
+    with pytest.raises(ValueError, match=r"non-negative; got -0\.5"):
+        JumpReLU(2, bandwidth=0.1, threshold=torch.tensor([0.5, -0.5]))
 
 
 def test_window_entries_sum_alike_as_indices_and_as_a_mask():

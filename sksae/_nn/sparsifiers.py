@@ -56,6 +56,9 @@ class Sparsifier(torch.nn.Module):
     #: Whether a dense training code may stay in the pre-activations' low precision
     #: (autocast); otherwise they are cast up to the model's dtype first.
     low_precision_code = False
+    #: The number of optimiser steps taken before the training pass under way, which the
+    #: trainer sets (and a resumed trainer continues) for sparsifiers that vary by step.
+    training_step = 0
 
     def encode(self, pre):
         """Inference code; must treat every row independently of the others."""
@@ -277,9 +280,13 @@ class JumpReLU(Sparsifier):
         self.bandwidth = bandwidth
         if threshold is None:
             threshold = torch.full((n_latents,), bandwidth)
+        if (threshold < 0).any():
+            # The training code's backward pass relies on it (see _JumpReLUFunction).
+            raise ValueError(
+                f"JumpReLU thresholds must be non-negative; got {threshold.min().item():g}."
+            )
         # float64 whatever the model's dtype: small threshold updates survive.
         self.threshold = torch.nn.Parameter(threshold.to(torch.float64))
-        self._n_dithered = 0
 
     def forward(self, pre):
         """The training code and its L0 penalty; the code is written over ``pre``."""
@@ -293,8 +300,7 @@ class JumpReLU(Sparsifier):
     def _dither(self, threshold, dtype):
         """This step's offsets of the thresholds: the same fraction, in [-1/2, 1/2), of
         the spacing of ``dtype``'s values around each (see Notes)."""
-        self._n_dithered += 1
-        fraction = math.fmod(self._n_dithered * _GOLDEN_RATIO, 1.0) - 0.5
+        fraction = math.fmod(self.training_step * _GOLDEN_RATIO, 1.0) - 0.5
         mantissa, exponent = torch.frexp(threshold.detach())
         # Values in [2^(e-1), 2^e) lie eps * 2^(e-1) apart; a zero threshold stays put.
         spacing = torch.ldexp(torch.full_like(mantissa, torch.finfo(dtype).eps / 2), exponent)
@@ -336,8 +342,9 @@ class _JumpReLUFunction(torch.autograd.Function):
     than the masking itself (15 against 38 ms at 4096 x 4096 in float32). The kernel's
     window is therefore located here, while ``pre`` still holds the values below the
     thresholds, and the backward pass reads the code alone: the thresholds are
-    non-negative (:meth:`JumpReLU.constrain_`), so the active entries are exactly the
-    positive ones, and ReLU's own backward kernel passes their gradient.
+    non-negative (:class:`JumpReLU` refuses others, and :meth:`JumpReLU.constrain_`
+    keeps them so), so the active entries are exactly the positive ones, and ReLU's own
+    backward kernel passes their gradient.
     """
 
     @staticmethod
@@ -360,7 +367,7 @@ class _JumpReLUFunction(torch.autograd.Function):
         ctx.save_for_backward(pre, threshold)
         # An unused output (the penalty of an unpenalised fit) gets None, not zeros.
         ctx.set_materialize_grads(False)
-        return pre, (n_active / ctx.n_rows).to(threshold.dtype)
+        return pre, n_active.to(threshold.dtype) / ctx.n_rows
 
     @staticmethod
     def backward(ctx, grad_values, grad_l0):
@@ -388,7 +395,8 @@ def _rounded_down(values, dtype):
     ``dtype``, a sizeable part of a narrow window around a large threshold.
     """
     rounded = values.to(dtype)
-    return torch.where(rounded > values, torch.nextafter(rounded, rounded - 1), rounded)
+    below = torch.nextafter(rounded, rounded.new_tensor(-math.inf))
+    return torch.where(rounded > values, below, rounded)
 
 
 def _rounded_up(values, dtype):

@@ -305,6 +305,7 @@ class Trainer:
         if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
             self._refresh_auxk()
         self.optimizer.zero_grad(set_to_none=True)
+        self.model.sparsifier.training_step = self.n_steps
         loss, objective, squared_error, code = self.loss(x)
         loss.backward()
         unit_norm = self.model.sparsifier.unit_norm_decoder
