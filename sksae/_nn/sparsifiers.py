@@ -268,7 +268,7 @@ class JumpReLU(Sparsifier):
     ``test_jumprelu_thresholds_learn_alike_under_bfloat16_autocast``. Each training step
     therefore offsets the thresholds by a different fraction of that spacing (a Weyl
     sequence, equidistributed), so that over the steps the window sees both sides as it
-    would exact values: an L0 of 11.7 there.
+    would exact values: an L0 of 11.6 there.
     """
 
     unit_norm_decoder = True
