@@ -229,7 +229,7 @@ class BatchTopK(TopK):
         self.threshold.copy_(torch.where(smallest.isfinite(), updated, self.threshold))
 
     def encode(self, pre):
-        return Code(torch.where(pre > self.threshold.to(pre.dtype), pre, 0))
+        return _jump_relu(pre, self.threshold)
 
 
 #: The Weyl sequence ``n * phi mod 1`` spreads over [0, 1) as evenly as any: JumpReLU's
@@ -307,7 +307,7 @@ class JumpReLU(Sparsifier):
         return fraction * torch.where(mantissa != 0, spacing, 0)
 
     def encode(self, pre):
-        return Code(torch.where(pre > self.threshold.to(pre.dtype), pre, 0))
+        return _jump_relu(pre, self.threshold)
 
     def penalty(self, code, decoder_norms):
         return code.penalty
@@ -385,6 +385,11 @@ class _JumpReLUFunction(torch.autograd.Function):
                 n_in_window = ctx.window.counts.to(threshold.dtype)
                 grad_threshold -= grad_l0 / (ctx.n_rows * bandwidth) * n_in_window
         return grad_pre, grad_threshold, None
+
+
+def _jump_relu(pre, threshold):
+    """``pre * H(pre - threshold)``, the row-independent code of JumpReLU and BatchTopK."""
+    return Code(torch.where(pre > threshold.to(pre.dtype), pre, 0))
 
 
 def _rounded_down(values, dtype):
