@@ -602,11 +602,10 @@ class SparseAutoencoderTransformer(
             )
         # Fits interrupted before sksae kept their parameters resume unchecked.
         ran_with = resumed.get("params") or self._training_params()
-        changed = [
-            f"{name}={value!r} (it ran with {ran_with[name]!r})"
-            for name, value in self._training_params().items()
-            if name in ran_with and value != ran_with[name]
-        ]
+        current = self._training_params()
+        changed = _changes(
+            current, ran_with, [name for name in current if name in ran_with], "it ran with"
+        )
         if changed:
             raise ValueError(
                 f"{interrupted}, which warm_start resumes with the parameters it ran with; "
@@ -1023,11 +1022,8 @@ class SparseAutoencoderTransformer(
         its shape or its encoder, naming the parameters changed."""
         fitted = {"n_components": self.components_.shape[0], **self._fitted_sparsifier_params}
         current = {"n_components": self.n_components, **self._sparsifier_params()}
-        changed = [
-            f"{name}={current.get(name)!r} (fitted: {fitted.get(name)!r})"
-            for name in {**fitted, **current}
-            if name != "n_latents" and fitted.get(name) != current.get(name)
-        ]
+        names = [name for name in {**fitted, **current} if name != "n_latents"]
+        changed = _changes(current, fitted, names, "fitted:")
         if changed:
             raise ValueError(
                 "n_components, activation, k and bandwidth cannot change between "
@@ -1381,6 +1377,16 @@ class _Plateau:
         else:
             self.epochs_without_improvement += 1
         return self.epochs_without_improvement == self.patience
+
+
+def _changes(current, before, names, before_is):
+    """``"name=value (<before_is> old value)"`` for each of ``names`` whose value in the
+    dict ``current`` differs from that in ``before`` (a missing name reads as ``None``)."""
+    return [
+        f"{name}={current.get(name)!r} ({before_is} {before.get(name)!r})"
+        for name in names
+        if current.get(name) != before.get(name)
+    ]
 
 
 def _code_to_csr(code, n_rows, n_latents):
