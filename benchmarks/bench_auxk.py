@@ -16,6 +16,7 @@ Run from the repository root::
 
     python benchmarks/bench_auxk.py           # about 1.5 minutes on 2 cores
     python benchmarks/bench_auxk.py --full
+    python benchmarks/bench_auxk.py --full --max-iter 10   # the same fits cut short
 """
 
 import argparse
@@ -34,10 +35,10 @@ ROWS = [(20_000, 32, 64, 3, 3), (20_000, 32, 64, 3, 8)]
 FULL_ROW = (50_000, 64, 256, 5, 5)
 
 
-def fit(X, n_components, k, aux_coef, seed):
+def fit(X, n_components, k, aux_coef, seed, max_iter):
     """Dead fraction on ``X``, FVU and epochs of a TopK fit."""
     sae = SparseAutoencoderTransformer(
-        n_components=n_components, k=k, aux_coef=aux_coef, random_state=seed
+        n_components=n_components, k=k, aux_coef=aux_coef, max_iter=max_iter, random_state=seed
     ).fit(X)
     codes = sae.transform(X)
     return dead_fraction(codes), fvu(X, sae.inverse_transform(codes)), sae.n_iter_
@@ -47,6 +48,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--full", action="store_true", help="add the 50k, 2048-latent row")
     parser.add_argument("--seed", type=int, default=0, help="seeds the data and the models")
+    parser.add_argument(
+        "--max-iter", type=int, default=200, help="epochs at most (the default's 200)"
+    )
     args = parser.parse_args(argv)
     rows = [*ROWS, FULL_ROW] if args.full else ROWS
     print(
@@ -59,8 +63,8 @@ def main(argv=None):
             n_samples, n_features, n_sources, n_active, random_state=args.seed
         ).astype(np.float32)
         n_components = 8 * n_sources
-        dead_auxk, fvu_auxk, epochs_auxk = fit(X, n_components, k, 1 / 32, args.seed)
-        dead_none, fvu_none, epochs_none = fit(X, n_components, k, 0.0, args.seed)
+        dead_auxk, fvu_auxk, epochs_auxk = fit(X, n_components, k, 1 / 32, args.seed, args.max_iter)
+        dead_none, fvu_none, epochs_none = fit(X, n_components, k, 0.0, args.seed, args.max_iter)
         ratio = dead_none / dead_auxk if dead_auxk > 0 else float("inf")
         data = f"({n_samples}, {n_features}, {n_sources}, {n_active})"
         print(
