@@ -26,7 +26,7 @@ FVU of the reconstruction over the training data:
 Rows 3 and 5 fit by L-BFGS in float64 from the matched filter and from the encoder's
 weights; the loss they started from and the one they reached are printed.
 
-Run from the repository root (about 3 minutes on 2 cores; ``--quick``: 10,000 samples)::
+Run from the repository root (about 2.5 minutes on 2 cores; ``--quick``: 10,000 samples)::
 
     python benchmarks/bench_amortisation_gap.py
 """

@@ -269,7 +269,7 @@ def main(argv=None):
     parser.add_argument(
         "--variants",
         action="store_true",
-        help="also fit BatchTopK, and JumpReLU and ReLU over an alpha grid (several minutes)",
+        help="also fit BatchTopK, and JumpReLU and ReLU over an alpha grid (about 25 minutes)",
     )
     parser.add_argument(
         "--mbdl-no-early-stop",

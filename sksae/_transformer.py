@@ -275,7 +275,7 @@ class SparseAutoencoderTransformer(
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
         better codes at a cost that grows with its square. ``None`` means ``4 * k``.
         ``k`` refits the values of the encoder's own ``k`` largest pre-activations, the
-        cheapest step past the encoder (2.5 to 3 times its cost).
+        cheapest step past the encoder (4 to 5 times its cost in benchmarks).
 
     sparse_output : bool, default=False
         Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
@@ -308,12 +308,13 @@ class SparseAutoencoderTransformer(
         reproducible fit on the CPU.
 
     verbose : int, default=0
-        Print the mean training loss of each epoch when positive.
+        When positive, print one line per epoch: the mean training loss, FVU, L0,
+        fraction of dead latents and, with ``early_stopping``, the validation FVU.
 
     Attributes
     ----------
     components_ : ndarray of shape (n_components, n_features)
-        Decoder rows: the dictionary atoms (unit norm for ``"topk"``).
+        Decoder rows: the dictionary atoms (unit norm but for ``"relu"``).
 
     encoder_weights_ : ndarray of shape (n_components, n_features)
         Encoder matrix ``W_enc``.
