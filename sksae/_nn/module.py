@@ -103,7 +103,7 @@ class SparseAutoencoder(torch.nn.Module):
         chosen entries alone, and ``pre`` is never differentiated (it may come from
         ``pre_activation(x, out=...)``): the backward pass costs
         ``O(batch * k * n_features)`` instead of a second dense matmul. A dense code may
-        be written over ``pre`` (JumpReLU's is), whose values are then lost.
+        be written over ``pre`` (ReLU's and JumpReLU's are), whose values are then lost.
         """
         if not self.sparsifier.trains_sparse(self.n_latents):
             if not self.sparsifier.low_precision_code:

@@ -105,7 +105,9 @@ class ReLU(Sparsifier):
     low_precision_code = True
 
     def forward(self, pre):
-        return Code(F.relu(pre))
+        # Over ``pre``, which neither the encoder's backward pass nor the caller reads
+        # again: a fresh code-sized tensor costs its page faults on the CPU.
+        return Code(F.relu(pre, inplace=True))
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code, accumulated in the norms' dtype

@@ -223,6 +223,12 @@ class Trainer:
         model = self.model
         pre = self._pre_activation(x)
         code = model.training_code(x, pre)
+        penalty = None
+        if model.sparsifier.penalised and self.alpha:
+            # Before the decoder: the backward pass then meets the decoder's gradient of
+            # the code first, a fresh tensor, and adds the penalty's into it in place;
+            # in the other order it sums them into a new [batch, n_latents] tensor.
+            penalty = model.sparsifier.penalty(code, model.decoder_norms())
         # A dense code's decoder product is the other big matmul; a sparse code's stays
         # in the model's dtype.
         with self._low_precision(x.device, enabled=code.indices is None):
@@ -231,13 +237,12 @@ class Trainer:
         # would take several over [batch, n_features].
         squared_error = F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
         objective = squared_error
-        if model.sparsifier.penalised and self.alpha:
-            penalty = model.sparsifier.penalty(code, model.decoder_norms())
+        if penalty is not None:
             alpha = self.alpha * self.schedule.alpha_factor(self.n_steps)
             objective = squared_error + alpha * penalty
         loss = objective
         if self._auxk_latents is not None:
-            # ``pre`` is intact: only sparsifiers without AuxK (JumpReLU) write codes over it.
+            # ``pre`` is intact: only sparsifiers without AuxK (ReLU, JumpReLU) write codes over it.
             residual = (x - x_hat).detach()
             loss = objective + self.auxk.coef * self.aux_loss(x, pre, residual)
         return loss, objective, squared_error, code
