@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .batches import rows_per_chunk
+from .batches import rows_per_chunk, squared_norm_sum
 from .sparsifiers import Code, count_true
 
 #: An epoch's mean loss above this multiple of the reference loss (the loss of the
@@ -349,11 +349,8 @@ class Trainer:
             batch = X.take(rows if order is None else order[rows])
             with torch.no_grad():
                 # The data's own scale enters too: with a single sample, the zero-code
-                # loss is 0 and any rounding error would look like divergence. Row norms
-                # first: a float64 sum of the batch would copy it to float64.
-                reference = torch.linalg.vector_norm(batch - self.model.b_dec, dim=1).square()
-                reference += torch.linalg.vector_norm(batch, dim=1).square()
-                reference = reference.sum(dtype=torch.float64)
+                # loss is 0 and any rounding error would look like divergence.
+                reference = squared_norm_sum(batch - self.model.b_dec) + squared_norm_sum(batch)
             loss, squared_error, code = self.step(batch)
             fired_now = _firings(code, self.model.n_latents, fired.dtype)
             n_rows = batch.shape[0]
@@ -515,6 +512,6 @@ def evaluate_fvu(model, X):
     for start in range(0, len(X), chunk_rows):
         x = X.take(slice(start, start + chunk_rows))
         x_hat = model.decode(model.encode(x))
-        residual += (x - x_hat).square().sum(dtype=torch.float64).item()
-        total += (x - mean).square().sum(dtype=torch.float64).item()
+        residual += squared_norm_sum(x - x_hat).item()
+        total += squared_norm_sum(x - mean).item()
     return residual / total if total > 0 else math.nan
