@@ -230,7 +230,7 @@ def test_batchtopk_selects_the_batch_top_from_row_candidates_or_all_values():
     batches = [spread, spread.flip(0), concentrated, negative, spread / 2, spread * 4]
     for pre in batches:
         pre = pre.detach().requires_grad_(True)
-        code = sparsifier(pre).values
+        code = sparsifier(pre.clone()).values  # written over its input: not a leaf
         expected = _batch_top_reference(pre, k=2)
         torch.testing.assert_close(code, expected, rtol=0, atol=0)
         (grad,) = torch.autograd.grad(code.square().sum(), pre)
@@ -307,7 +307,9 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     residual_hat = np.einsum("bj,bjf->bf", values, W_dec[:8][top])
     r = residual.numpy()
     expected = np.square(r - residual_hat).sum() / np.square(r - r.mean(axis=0)).sum()
-    assert trainer.aux_loss(x, pre, residual).item() == pytest.approx(expected, rel=1e-10)
+    assert trainer.aux_loss(trainer._auxk_code(x, pre), residual).item() == pytest.approx(
+        expected, rel=1e-10
+    )
 
 
 def test_auxk_skips_a_batch_whose_residuals_do_not_spread():
@@ -321,7 +323,10 @@ def test_auxk_skips_a_batch_whose_residuals_do_not_spread():
         assert all(torch.isfinite(moment).all() for moment in state.values())
     x = X[:1].expand(4, 6)  # identical rows: no spread either
     pre = model.pre_activation(x).detach()
-    assert trainer.aux_loss(x, pre, torch.ones(4, 6, dtype=torch.float64)).item() == 0.0
+    assert (
+        trainer.aux_loss(trainer._auxk_code(x, pre), torch.ones(4, 6, dtype=torch.float64)).item()
+        == 0.0
+    )
 
 
 def test_auxk_revives_dead_latents():
@@ -387,6 +392,32 @@ def test_sparse_encoder_backward_equals_the_dense_one_with_auxk(device):
     for sparse_grad, dense_grad in zip(sparse_grads, dense_grads, strict=True):
         assert dense_grad.abs().max() > 0
         torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparsifier", [ReLU(), BatchTopK(k=3)], ids=["relu", "batchtopk"])
+def test_dense_codes_train_with_the_textbook_loss_and_gradients(sparsifier):
+    """The trainer writes a dense code's pre-activations into a buffer that every step
+    reuses, the code over them and the code's gradient over the code: the loss and every
+    gradient (input included) are still those of plain autograd, batch after batch."""
+    model = _model(sparsifier)
+    trainer = Trainer(model, learning_rate=1e-3, alpha=0.5)
+    generator = torch.Generator().manual_seed(0)
+    for rows in [32, 32, 7]:
+        x = torch.randn(rows, 6, dtype=torch.float64, generator=generator).requires_grad_(True)
+        loss, grads = _loss_and_gradients(trainer, x)
+
+        pre = (x - model.b_dec) @ model.W_enc.T + model.b_enc
+        if isinstance(sparsifier, ReLU):
+            code = torch.relu(pre)
+            penalty = 0.5 * (code * model.W_dec.norm(dim=1)).sum() / rows
+        else:
+            code, penalty = _batch_top_reference(pre, k=3), 0.0
+        expected = (x - code @ model.W_dec - model.b_dec).square().sum() / rows + penalty
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        expected_grads = torch.autograd.grad(expected, [x, *parameters])
+        torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+        for grad, expected_grad in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-12)
 
 
 def _gradient_norm_seen_by_adam(max_grad_norm):

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 class Code(NamedTuple):
@@ -105,9 +106,8 @@ class ReLU(Sparsifier):
     low_precision_code = True
 
     def forward(self, pre):
-        # Over ``pre``, which neither the encoder's backward pass nor the caller reads
-        # again: a fresh code-sized tensor costs its page faults on the CPU.
-        return Code(F.relu(pre, inplace=True))
+        """The code, written over ``pre``."""
+        return Code(_CodeOverPre.apply(pre, 0.0))
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code, accumulated in the norms' dtype
@@ -186,15 +186,17 @@ class BatchTopK(TopK):
         return False
 
     def forward(self, pre):
+        """The training code, written over ``pre``."""
         kept = self._batch_top(pre.detach())
         self._track_threshold(kept)
         self.cutoff = kept.min()
         # Every activation at or above the smallest kept one: the batch's top ``batch * k``
-        # (ties aside), ReLU'd too as the cutoff is never negative. ``threshold`` keeps
-        # the values strictly above the largest float below the cutoff: a ReLU's pass
-        # forward and backward, where a masked copy takes two.
+        # (ties aside), ReLU'd too as the cutoff is never negative: those strictly above
+        # the largest float below the cutoff. A comparison with a tensor would take a
+        # pass more than F.threshold's with a number, and the selection has already
+        # made the host wait for the device.
         below = torch.nextafter(self.cutoff, self.cutoff.new_tensor(-math.inf))
-        return Code(F.threshold(pre, below.item(), 0.0))
+        return Code(_CodeOverPre.apply(pre, below.item()))
 
     def _batch_top(self, pre):
         """The ``batch * k`` largest values of ``ReLU(pre)`` over the whole batch.
@@ -345,8 +347,8 @@ class _JumpReLUFunction(torch.autograd.Function):
     window is therefore located here, while ``pre`` still holds the values below the
     thresholds, and the backward pass reads the code alone: the thresholds are
     non-negative (:class:`JumpReLU` refuses others, and :meth:`JumpReLU.constrain_`
-    keeps them so), so the active entries are exactly the positive ones, and ReLU's own
-    backward kernel passes their gradient.
+    keeps them so), so the active entries are exactly the positive ones, whose gradient
+    :func:`_grad_over_code` passes.
     """
 
     @staticmethod
@@ -375,8 +377,6 @@ class _JumpReLUFunction(torch.autograd.Function):
     def backward(ctx, grad_values, grad_l0):
         code, threshold = ctx.saved_tensors
         grad_pre = grad_threshold = None
-        if grad_values is not None and ctx.needs_input_grad[0]:
-            grad_pre = torch.ops.aten.threshold_backward(grad_values, code, 0)
         if ctx.window is not None:
             bandwidth = ctx.bandwidth
             grad_threshold = torch.zeros_like(threshold)
@@ -386,7 +386,44 @@ class _JumpReLUFunction(torch.autograd.Function):
             if grad_l0 is not None:
                 n_in_window = ctx.window.counts.to(threshold.dtype)
                 grad_threshold -= grad_l0 / (ctx.n_rows * bandwidth) * n_in_window
+        if grad_values is not None and ctx.needs_input_grad[0]:
+            grad_pre = _grad_over_code(grad_values, code)
         return grad_pre, grad_threshold, None
+
+
+class _CodeOverPre(torch.autograd.Function):
+    """The code ``pre * H(pre - threshold)`` for a non-negative number ``threshold``,
+    written over ``pre``, and its gradient written over the code
+    (:func:`_grad_over_code`).
+
+    ReLU's code and BatchTopK's training code. Each tensor the size of the code that a
+    step makes afresh is freshly mapped memory on the CPU, whose page faults took about
+    20 ms a step at 4096 x 4096 in float32, several times the masking itself.
+    """
+
+    @staticmethod
+    def forward(ctx, pre, threshold):
+        F.threshold(pre, threshold, 0.0, inplace=True)
+        ctx.mark_dirty(pre)
+        ctx.save_for_backward(pre)
+        return pre
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        return _grad_over_code(grad, code), None
+
+
+def _grad_over_code(grad, code):
+    """The gradient of a code's pre-activations, ``grad`` where ``code > 0`` and zero
+    elsewhere, written over ``code``.
+
+    The code is then lost, which is safe: the gradient of the code has been computed
+    (the decoder's backward pass, the last to read it, has run), and autograd's version
+    check stops any later node that saved it from reading the overwritten values.
+    """
+    return torch.ops.aten.threshold_backward.grad_input(grad, code, 0, grad_input=code)
 
 
 def _jump_relu(pre, threshold):

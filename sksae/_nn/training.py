@@ -222,6 +222,10 @@ class Trainer:
         """
         model = self.model
         pre = self._pre_activation(x)
+        auxk_code = None
+        if self._auxk_latents is not None:
+            # Before the training code, which may be written over ``pre``.
+            auxk_code = self._auxk_code(x, pre)
         code = model.training_code(x, pre)
         penalty = None
         if model.sparsifier.penalised and self.alpha:
@@ -241,26 +245,22 @@ class Trainer:
             alpha = self.alpha * self.schedule.alpha_factor(self.n_steps)
             objective = squared_error + alpha * penalty
         loss = objective
-        if self._auxk_latents is not None:
-            # ``pre`` is intact: only sparsifiers without AuxK (ReLU, JumpReLU) write codes over it.
+        if auxk_code is not None:
             residual = (x - x_hat).detach()
-            loss = objective + self.auxk.coef * self.aux_loss(x, pre, residual)
+            loss = objective + self.auxk.coef * self.aux_loss(auxk_code, residual)
         return loss, objective, squared_error, code
 
     def _pre_activation(self, x):
-        """The pre-activations of the batch ``x``: differentiable for a dense code, and
-        for a sparse one written into a buffer that every step reuses.
+        """The pre-activations of the batch ``x``, written into a buffer that every step
+        reuses: differentiable for a dense code, not for a sparse one.
 
         A sparse code's gradient reaches the encoder through the chosen entries alone
         (:meth:`SparseAutoencoder.training_code`), so its ``pre`` needs no autograd. On the
         CPU a new ``[batch, n_latents]`` tensor of over 32 MB is freshly mapped memory:
         faulting its pages in took 20 ms a step at 4096 x 4096 in float32, a tenth of a
-        TopK step.
+        TopK step. A dense code is written over the buffer, and its gradient over the code.
         """
         model = self.model
-        if not model.sparsifier.trains_sparse(model.n_latents):
-            with self._low_precision(x.device):
-                return model.pre_activation(x)
         dtype = model.W_enc.dtype
         if self.autocast_dtype is not None and dtype != torch.float64:
             dtype = self.autocast_dtype  # as autocast would: float64 is never cast
@@ -269,15 +269,19 @@ class Trainer:
         if buffer is None or buffer.shape[0] < rows or buffer.dtype != dtype:
             buffer = torch.empty(rows, model.n_latents, dtype=dtype, device=x.device)
             self._pre_buffer = buffer
-        with torch.no_grad():
-            return model.pre_activation(x, out=buffer[:rows])
+        # Not a view of the buffer, which autograd would make differentiable too.
+        out = buffer[:rows].detach()
+        if model.sparsifier.trains_sparse(model.n_latents):
+            with torch.no_grad():
+                return model.pre_activation(x, out=out)
+        return model.pre_activation(x, out=out)
 
     def _low_precision(self, device, enabled=True):
         enabled = enabled and self.autocast_dtype is not None
         return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=enabled)
 
-    def aux_loss(self, x, pre, residual):
-        """AuxK's normalised reconstruction of ``residual`` by the dead latents.
+    def _auxk_code(self, x, pre):
+        """The dead latents' code that AuxK reconstructs the residual from.
 
         The candidates are the latents found dead at the last check
         (:meth:`_refresh_auxk`); one that has fired since contributes nothing. Each row
@@ -293,7 +297,12 @@ class Trainer:
         indices = latents[chosen]
         still_dead = (self.steps_since_fired >= self.auxk.dead_steps)[indices]
         values = F.relu(self.model.selected_pre_activation(x, pre, indices)) * still_dead
-        residual_hat = self.model.decode_directions(Code(values, indices))
+        return Code(values, indices)
+
+    def aux_loss(self, auxk_code, residual):
+        """AuxK's normalised reconstruction of ``residual`` from ``auxk_code``
+        (:meth:`_auxk_code`)."""
+        residual_hat = self.model.decode_directions(auxk_code)
         error = (residual - residual_hat).square().sum()
         scale = (residual - residual.mean(dim=0)).square().sum()
         # Residuals that do not spread (a batch of one row, or of identical rows) leave
@@ -303,8 +312,8 @@ class Trainer:
         return torch.where(spread, error / torch.where(spread, scale, 1.0), 0.0)
 
     def step(self, x):
-        """One Adam step on the batch ``x``; returns the objective, the squared error
-        (detached) and the code of :meth:`loss`."""
+        """One Adam step on the batch ``x``; returns the objective and the squared error
+        (detached) of :meth:`loss`, and how many rows each latent fired on (float64)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate * self.schedule.learning_rate_factor(self.n_steps)
         if self.auxk is not None and self.n_steps % self.auxk.dead_steps == 0:
@@ -312,6 +321,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.model.sparsifier.training_step = self.n_steps
         loss, objective, squared_error, code = self.loss(x)
+        # Before the backward pass, which may write the gradient over a dense code.
+        fired = _firings(code, self.model.n_latents)
         loss.backward()
         unit_norm = self.model.sparsifier.unit_norm_decoder
         if unit_norm:
@@ -326,7 +337,7 @@ class Trainer:
             self.model.normalize_decoder()
         self.model.sparsifier.constrain_()
         self.n_steps += 1
-        return objective.detach(), squared_error.detach(), code
+        return objective.detach(), squared_error.detach(), fired
 
     def run_epoch(self, X, batch_size, *, generator=None):
         """One pass over ``X`` (:class:`~sksae._nn.batches.DenseRows` or ``SparseRows``)
@@ -351,8 +362,7 @@ class Trainer:
                 # The data's own scale enters too: with a single sample, the zero-code
                 # loss is 0 and any rounding error would look like divergence.
                 reference = squared_norm_sum(batch - self.model.b_dec) + squared_norm_sum(batch)
-            loss, squared_error, code = self.step(batch)
-            fired_now = _firings(code, self.model.n_latents, fired.dtype)
+            loss, squared_error, fired_now = self.step(batch)
             n_rows = batch.shape[0]
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
@@ -475,7 +485,7 @@ def tree_map(fn, tree, leaf_type=torch.Tensor):
     return fn(tree) if isinstance(tree, leaf_type) else tree
 
 
-def _firings(code, n_latents, dtype):
+def _firings(code, n_latents, dtype=torch.float64):
     """How many rows of the batch each latent fired on (no host sync)."""
     active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
