@@ -86,9 +86,9 @@ class SparseAutoencoder(torch.nn.Module):
         return torch.addmv(self.b_enc, self.W_enc, self.b_dec, alpha=-1)
 
     def pre_activation(self, x, *, out=None):
-        """``x @ W_enc^T + b_enc - W_enc b_dec``, differentiable; or written into ``out``,
-        in its dtype (which must not be a view of another tensor, as autograd sees views:
-        a ``detach()`` of one is not)."""
+        """``x @ W_enc^T + b_enc - W_enc b_dec``, differentiable; written into ``out``, in
+        its dtype, when given (a tensor that autograd does not see as a view of another:
+        a ``detach()`` of a slice is not)."""
         if out is None:
             return F.linear(x, self.W_enc, self.encoder_bias())
         dtype = out.dtype
@@ -147,7 +147,8 @@ class SparseAutoencoder(torch.nn.Module):
         return _SparseRowsProduct.apply(code.values, code.indices, self.W_dec)
 
     def forward(self, x):
-        """Training pass: ``(x_hat, code)``."""
+        """Training pass: ``(x_hat, code)``; a dense code holds its gradient after the
+        backward pass (:meth:`training_code`)."""
         code = self.training_code(x, self.pre_activation(x))
         return self.decode(code), code
 

@@ -196,7 +196,7 @@ class BatchTopK(TopK):
         # pass more than F.threshold's with a number, and the selection has already
         # made the host wait for the device.
         below = torch.nextafter(self.cutoff, self.cutoff.new_tensor(-math.inf))
-        return Code(_CodeOverPre.apply(pre, below.item()))
+        return Code(_CodeOverPre.apply(pre, max(below.item(), 0.0)))
 
     def _batch_top(self, pre):
         """The ``batch * k`` largest values of ``ReLU(pre)`` over the whole batch.
@@ -341,7 +341,7 @@ class _JumpReLUFunction(torch.autograd.Function):
     thresholds; the L0 term passes ``-(1 / eps) K`` (averaged over rows) to the
     thresholds and nothing to the pre-activations.
 
-    The code overwrites ``pre``, as ``F.relu(pre, inplace=True)`` would: a fresh tensor
+    The code overwrites ``pre``, as :class:`_CodeOverPre`'s does: a fresh tensor
     the size of the code is freshly mapped memory on the CPU, whose page faults cost more
     than the masking itself (15 against 38 ms at 4096 x 4096 in float32). The kernel's
     window is therefore located here, while ``pre`` still holds the values below the
@@ -374,9 +374,12 @@ class _JumpReLUFunction(torch.autograd.Function):
         return pre, n_active.to(threshold.dtype) / ctx.n_rows
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_values, grad_l0):
         code, threshold = ctx.saved_tensors
         grad_pre = grad_threshold = None
+        if grad_values is not None and ctx.needs_input_grad[0]:
+            grad_pre = _grad_over_code(grad_values, code)
         if ctx.window is not None:
             bandwidth = ctx.bandwidth
             grad_threshold = torch.zeros_like(threshold)
@@ -386,8 +389,6 @@ class _JumpReLUFunction(torch.autograd.Function):
             if grad_l0 is not None:
                 n_in_window = ctx.window.counts.to(threshold.dtype)
                 grad_threshold -= grad_l0 / (ctx.n_rows * bandwidth) * n_in_window
-        if grad_values is not None and ctx.needs_input_grad[0]:
-            grad_pre = _grad_over_code(grad_values, code)
         return grad_pre, grad_threshold, None
 
 

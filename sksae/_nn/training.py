@@ -135,8 +135,9 @@ class Trainer:
         Clip the global L2 norm of the gradients to this value before each step (after
         the decoder-parallel component is removed); ``None`` does not clip.
     autocast_dtype : torch dtype or None
-        Low-precision dtype (``torch.bfloat16``) of the encoder's and the dense
-        decoder's matmuls, forward and backward, under :func:`torch.autocast`. A TopK
+        Low-precision dtype (``torch.bfloat16``) of the encoder's matmul (its input,
+        weights and folded bias cast down) and of the dense decoder's (under
+        :func:`torch.autocast`), forward and backward. A TopK
         selection reads the low-precision pre-activations, and the dense codes of the
         sparsifiers that allow it stay in low precision
         (:attr:`~sksae._nn.sparsifiers.Sparsifier.low_precision_code`); the chosen
@@ -214,7 +215,8 @@ class Trainer:
 
     def loss(self, x):
         """The loss to minimise on a batch, the training objective within it, its squared
-        error alone (summed over features, mean over rows), and the code.
+        error alone (summed over features, mean over rows), and the code (which the
+        backward pass may overwrite: see :meth:`SparseAutoencoder.training_code`).
 
         The objective is the squared error plus ``alpha`` times the sparsifier's penalty.
         The loss adds the AuxK term, which trains dead latents and measures nothing of
@@ -258,7 +260,8 @@ class Trainer:
         (:meth:`SparseAutoencoder.training_code`), so its ``pre`` needs no autograd. On the
         CPU a new ``[batch, n_latents]`` tensor of over 32 MB is freshly mapped memory:
         faulting its pages in took 20 ms a step at 4096 x 4096 in float32, a tenth of a
-        TopK step. A dense code is written over the buffer, and its gradient over the code.
+        TopK step. The dense codes of ReLU, JumpReLU and BatchTopK are written over the
+        buffer, and their gradients over the code.
         """
         model = self.model
         dtype = model.W_enc.dtype
