@@ -19,6 +19,10 @@ Rows, for float32 and float64:
   for each ``activation``, and in float32 with ``autocast_dtype="bfloat16"`` (the
   encoder's matmul in bfloat16) for every ``activation``.
 
+A column gives the memory each row faulted in per step (the process's minor page
+faults, from ``getrusage``): on the CPU a fresh tensor of over 32 MB is freshly mapped
+memory, whose faults cost about 20 ms a step per ``[B, n]`` float32 tensor here.
+
 Run from the repository root::
 
     python benchmarks/bench_throughput.py            # 16 steps per row, 3 rounds: ~12 min
@@ -29,6 +33,7 @@ Run from the repository root::
 import argparse
 import datetime
 import os
+import resource
 import statistics
 import time
 import warnings
@@ -88,6 +93,11 @@ class _CsrEncoderTopK(torch.autograd.Function):
             )
         grad_b = grad.new_zeros(ctx.n_latents).index_add_(0, flat, grad)
         return None, S.t() @ x, grad_b, None
+
+
+def minor_faults():
+    """Pages the process has faulted in so far: fresh memory it has touched."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def plain_torch_fit(X, activation, n_steps, seed=0):
@@ -161,33 +171,38 @@ def main(argv=None):
 
     print(f"training steps of B={BATCH}, d={N_FEATURES}, n={N_LATENTS}, k={K}")
     print(f"{'dtype':<9}{'trainer':<13}{'activation':<11}{'steps/s':>8}{'rate/limit':>11}", end="")
-    print(f"{'vs plain':>9}")
+    print(f"{'vs plain':>9}{'faults MB/step':>15}")
     for dtype in dtypes:
         X = torch.from_numpy(X64).to(dtype)
         # Rounds interleave every row, so that a slow spell of a shared machine hits all
         # of them; each figure is the median over the rounds.
         # bfloat16 autocast leaves float64 models alone: no row of its own there.
         dtype_rows = [row for row in rows if dtype == torch.float32 or row[0] != "sksae bf16"]
-        limits, rates = [], {row: [] for row in dtype_rows}
+        limits = []
+        rates, faulted = {row: [] for row in dtype_rows}, {row: [] for row in dtype_rows}
         for _ in range(args.rounds):
             limits.append(matmul_limit(dtype))
             for trainer, activation in dtype_rows:
+                faults = minor_faults()
                 if trainer == "plain torch":
-                    rate = n_steps / plain_torch_fit(X, activation, n_steps)
+                    seconds, steps = plain_torch_fit(X, activation, n_steps), n_steps
                 else:
                     autocast_dtype = "bfloat16" if trainer == "sksae bf16" else None
                     seconds, steps = sksae_fit(X.numpy(), activation, n_steps, 0, autocast_dtype)
-                    rate = steps / seconds
-                rates[trainer, activation].append(rate)
+                rates[trainer, activation].append(steps / seconds)
+                faulted[trainer, activation].append((minor_faults() - faults) / steps)
         limit = statistics.median(limits)
         rate = {row: statistics.median(values) for row, values in rates.items()}
+        page_mb = resource.getpagesize() / 2**20
         name = str(dtype).removeprefix("torch.")
         for trainer, activation in dtype_rows:
             plain = rate.get(("plain torch", activation), rate["plain torch", "relu"])
             steps_per_s = rate[trainer, activation]
+            faulted_mb = statistics.median(faulted[trainer, activation]) * page_mb
             print(
                 f"{name:<9}{trainer:<13}{activation:<11}{steps_per_s:>8.2f}"
                 f"{steps_per_s * DENSE_STEP_FLOP / limit:>11.2f}{steps_per_s / plain:>9.2f}"
+                f"{faulted_mb:>15.0f}"
             )
         print(f"{name:<9}matmul limit {limit / 1e9:.0f} GFLOP/s (median of {args.rounds})")
     print(
