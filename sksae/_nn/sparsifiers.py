@@ -203,17 +203,17 @@ class BatchTopK(TopK):
 
         A top-k over all ``batch * n_latents`` values is slow, so it runs over the values
         at or above a lower bound of the batch's cutoff alone: a fraction of the previous
-        batch's cutoff where at least ``batch * k`` values reach it (a count, one host
-        sync), else the smallest of the top over each row's own largest
+        batch's cutoff where at least ``batch * k`` values reach it (gathered, then
+        counted: one host sync), else the smallest of the top over each row's own largest
         ``candidates_per_k * k`` values, a subset. Only when that bound is 0 (few
         positive candidates) does it run over every value.
         """
         n_rows, n_latents = pre.shape
         budget = self.k * n_rows
         bound = self.previous_cutoff_fraction * self.cutoff.to(pre.dtype)
-        above = pre >= bound  # all false for the first batch, whose cutoff is NaN
-        if count_true(above).sum() >= budget:
-            return pre[above].topk(budget, sorted=False).values
+        above = pre[pre >= bound]  # none for the first batch, whose cutoff is NaN
+        if len(above) >= budget:
+            return above.topk(budget, sorted=False).values
         per_row = min(n_latents, self.candidates_per_k * self.k)
         candidates = F.relu(pre.topk(per_row, dim=1, sorted=False).values)
         kept = candidates.flatten().topk(budget, sorted=False).values
