@@ -488,8 +488,9 @@ def tree_map(fn, tree, leaf_type=torch.Tensor):
     return fn(tree) if isinstance(tree, leaf_type) else tree
 
 
-def _firings(code, n_latents, dtype=torch.float64):
-    """How many rows of the batch each latent fired on (no host sync)."""
+def _firings(code, n_latents):
+    """How many rows of the batch each latent fired on, in float64 (no host sync)."""
+    dtype = torch.float64
     active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
         return count_true(active).to(dtype)
