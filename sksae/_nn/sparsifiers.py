@@ -110,9 +110,11 @@ class ReLU(Sparsifier):
         return Code(_CodeOverPre.apply(pre, 0.0))
 
     def penalty(self, code, decoder_norms):
-        # Column sums first: one pass over the code, accumulated in the norms' dtype
-        # whatever the code's (bfloat16 under autocast).
-        column_sums = code.values.sum(dim=0, dtype=decoder_norms.dtype)
+        # Column sums first: one pass over the code. A bfloat16 code (autocast) is summed
+        # in bfloat16, which accumulates in float32 and rounds the sums alone; a sum
+        # into float32 would copy the whole code to float32 first, and its backward pass
+        # would build a [batch, n_latents] gradient where this one stays a broadcast.
+        column_sums = code.values.sum(dim=0).to(decoder_norms.dtype)
         return column_sums @ decoder_norms / code.values.shape[0]
 
 
