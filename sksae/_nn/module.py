@@ -81,9 +81,7 @@ class SparseAutoencoder(torch.nn.Module):
         self.b_dec.copy_(b_dec)
 
     def encoder_bias(self):
-        # b_dec folded into the bias: x @ W_enc^T + (b_enc - W_enc b_dec) skips
-        # materialising x - b_dec and the matmul its gradient would cost.
-        return torch.addmv(self.b_enc, self.W_enc, self.b_dec, alpha=-1)
+        return _folded_bias(self.W_enc, self.b_enc, self.b_dec)
 
     def pre_activation(self, x, *, out=None):
         """``x @ W_enc^T + b_enc - W_enc b_dec``, differentiable; written into ``out``, in
@@ -284,7 +282,7 @@ class _EncoderInto(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, b_enc, b_dec, out):
         dtype = out.dtype
-        bias = torch.addmv(b_enc, weight, b_dec, alpha=-1).to(dtype)
+        bias = _folded_bias(weight, b_enc, b_dec).to(dtype)
         x_cast, weight_cast = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x_cast, weight_cast, weight, b_dec)
         ctx.x_dtype = x.dtype
@@ -342,9 +340,15 @@ class _SelectedEncoder(torch.autograd.Function):
         return grad_x, *grad_parameters, None, None
 
 
+def _folded_bias(weight, b_enc, b_dec):
+    """The encoder's bias with ``b_dec`` folded in: ``x @ weight^T + (b_enc - weight @
+    b_dec)`` skips materialising ``x - b_dec`` and the matmul its gradient would cost."""
+    return torch.addmv(b_enc, weight, b_dec, alpha=-1)
+
+
 def _folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec):
     """The gradients of ``weight``, ``b_enc`` and ``b_dec`` (where ``needs`` says) of an
-    encoder whose folded bias ``b_enc - weight @ b_dec`` has the gradient ``grad_bias``,
+    encoder whose folded bias (:func:`_folded_bias`) has the gradient ``grad_bias``,
     given ``grad_weight``, the weight's gradient through the product alone.
 
     The bias's share of the weight's gradient, ``-outer(grad_bias, b_dec)``, is added in
