@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sksae._nn import module
 from sksae._nn.batches import DenseRows, map_rows
 from sksae._nn.module import SparseAutoencoder, geometric_median
 from sksae._nn.sparsifiers import (
@@ -344,8 +345,19 @@ def test_auxk_revives_dead_latents():
     assert alive[1.0] >= alive[0.0] + 3
 
 
+@pytest.fixture(params=["gather-sum", "csr"])
+def sparse_products(request, monkeypatch, device):
+    """Each form of the products with a sparse code, on every device: ``embedding_bag``
+    gather-sums (the CPU's) and CSR products (an accelerator's)."""
+    on = frozenset({device}) if request.param == "gather-sum" else frozenset()
+    monkeypatch.setattr(module, "_GATHER_SUM_DEVICES", on)
+    return request.param
+
+
 @pytest.mark.parametrize("k, n_latents", [(2, 256), (8, 16)])
-def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(k, n_latents, device):
+def test_sparse_and_dense_codes_give_the_same_loss_and_gradients(
+    k, n_latents, device, sparse_products
+):
     model = _model(TopK(k=k), n_latents=n_latents, device=device)
     x = torch.randn(32, 6, dtype=torch.float64, device=device)
     pre = model.pre_activation(x)
@@ -369,7 +381,7 @@ def _loss_and_gradients(trainer, x):
     return loss, torch.autograd.grad(loss, [x, *parameters])
 
 
-def test_sparse_encoder_backward_equals_the_dense_one_with_auxk(device):
+def test_sparse_encoder_backward_equals_the_dense_one_with_auxk(device, sparse_products):
     """The training loss and every gradient (input included) are those of plain autograd
     through the dense pre-activations, for the TopK loss and the AuxK loss alike."""
     model = _model(TopK(k=3), n_features=6, n_latents=128, device=device)
