@@ -12,8 +12,11 @@ autocast, in one run:
   (its forward always autocasts to bfloat16), when ``eai-sparsify`` is installed.
 
 Each figure is the median of three timings of ten steps on the same batch, after two
-warm-up steps; the dense-equivalent rate is ``12 * B * d * n`` FLOPs per step. The full
-estimator (``fit``, with its per-epoch work) is timed by ``bench_vs_sparsify.py``.
+warm-up steps; the dense-equivalent rate is ``12 * B * d * n`` FLOPs per step. The last
+column counts the times a step makes the host wait for the device (torch's CUDA sync
+debug mode warns at each), over four steps that follow the timed ones; AuxK's check for
+dead latents, once every 256 steps, falls outside them. The full estimator (``fit``, with
+its per-epoch work) is timed by ``bench_vs_sparsify.py``.
 
 Run from the repository root, on a machine with a CUDA GPU::
 
@@ -25,6 +28,7 @@ import importlib.util
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +53,19 @@ def milliseconds(step, iterations=10, warm_up=2):
         torch.cuda.synchronize()
         timings.append((time.perf_counter() - start) / iterations * 1e3)
     return statistics.median(timings)
+
+
+def host_syncs(step, n_steps=4):
+    """The mean number of times ``step`` makes the host wait for the device."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(n_steps):
+                step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught) / n_steps
 
 
 def bf16_matmul_ceiling(size=8192):
@@ -118,7 +135,9 @@ def main():
     print(f"{torch.cuda.get_device_name()}, bf16 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s")
     if not has_sparsify:
         print("(eai-sparsify is not installed: no sparsify row)")
-    print(f"{'shape':<24}{'step':<16}{'ms':>8}{'TFLOP/s':>9}{'/ceiling':>9}{'/plain':>8}")
+    print(
+        f"{'shape':<24}{'step':<16}{'ms':>8}{'TFLOP/s':>9}{'/ceiling':>9}{'/plain':>8}{'syncs':>7}"
+    )
     for batch, n_features, n_latents, k in SHAPES:
         x = torch.randn(batch, n_features, device=DEVICE)
         steps = {"plain relu": plain_relu_step(x, n_latents)}
@@ -139,6 +158,7 @@ def main():
             print(
                 f"{shape:<24}{name:<16}{times[name]:>8.2f}{rate / 1e12:>9.0f}"
                 f"{rate / ceiling:>9.2f}{times['plain relu'] / times[name]:>8.2f}"
+                f"{host_syncs(step):>7.2f}"
             )
         if has_sparsify:
             ratio = times["sparsify topk"] / times["sksae topk"]
