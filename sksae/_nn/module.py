@@ -304,8 +304,8 @@ class _EncoderInto(torch.autograd.Function):
             grad_x = (grad @ weight_cast).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             grad_weight = (grad.T @ x_cast).to(weight.dtype)
-        # Summed in the gradient's dtype (accumulating in float32) and then cast: a sum
-        # in another dtype would first copy the whole [batch, n_latents] gradient to it.
+        # Summed in the gradient's dtype (accumulating in float32) and then cast: on the
+        # CPU a sum into another dtype would first copy the whole gradient to it.
         grad_bias = grad.sum(dim=0).to(weight.dtype)
         needs = ctx.needs_input_grad[1:4]
         return grad_x, *_folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec), None

@@ -111,9 +111,10 @@ class ReLU(Sparsifier):
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code. A bfloat16 code (autocast) is summed
-        # in bfloat16, which accumulates in float32 and rounds the sums alone; a sum
-        # into float32 would copy the whole code to float32 first, and its backward pass
-        # would build a [batch, n_latents] gradient where this one stays a broadcast.
+        # in bfloat16, which accumulates in float32 and rounds the sums alone. A sum
+        # into float32 would, on the CPU, copy the whole code to float32 first, and on
+        # any device its backward pass would cast the broadcast gradient into a
+        # [batch, n_latents] tensor, where this one stays a broadcast.
         column_sums = code.values.sum(dim=0).to(decoder_norms.dtype)
         return column_sums @ decoder_norms / code.values.shape[0]
 
