@@ -19,6 +19,7 @@ from sksae._nn.sparsifiers import (
     _Entries,
     _rounded_down,
     _rounded_up,
+    _zero_at_or_below,
     count_true,
 )
 from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
@@ -166,6 +167,23 @@ def test_jumprelu_offsets_span_one_bfloat16_spacing_and_follow_the_trainer():
 def test_jumprelu_refuses_negative_thresholds():
     with pytest.raises(ValueError, match=r"non-negative; got -0\.5"):
         JumpReLU(2, bandwidth=0.1, threshold=torch.tensor([0.5, -0.5]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("n_rows", [0, 1, 300])
+def test_zeroing_below_the_bounds_is_torch_where_bit_for_bit(dtype, n_rows, device):
+    # Blocks of 256 rows on the CPU: 300 rows end in a partial block. Entries equal to
+    # their bound, signed zeros, infinities and NaN must come out as torch.where's.
+    generator = torch.Generator().manual_seed(0)
+    pre = torch.randn(n_rows, 7, generator=generator).to(dtype)
+    bounds = torch.tensor([0.0, 0.1, 0.5, 1.0, 0.0, 2.0, 0.3], dtype=dtype)
+    specials = torch.tensor([-0.0, 0.1, math.inf, -math.inf, math.nan, 2.0, 0.0], dtype=dtype)
+    pre[: min(n_rows, 1)] = specials
+    pre, bounds = pre.to(device), bounds.to(device)
+    expected = torch.where(pre > bounds, pre, 0)
+    zeroed = _zero_at_or_below(pre.clone(), bounds)
+    bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
+    assert torch.equal(zeroed.view(bits[dtype]), expected.view(bits[dtype]))
 
 
 def test_window_entries_sum_alike_as_indices_and_as_a_mask():
