@@ -81,6 +81,7 @@ def test_jumprelu_straight_through_gradients_follow_the_paper(device):
         code.values.detach().cpu(),
         torch.tensor([[0.52, 0.0, 0.0], [0.0, 3.0, 0.0]], dtype=torch.float64),
     )
+    assert code.fired.tolist() == [1, 1, 0]  # the rows each latent fired on, counted alongside
     code.values.sum().backward()
     # dh/dtheta = -(theta / eps) K((pre - theta) / eps), summed over rows; dh/dpre = H(pre - theta).
     expected_threshold_grad = torch.tensor(
@@ -181,9 +182,11 @@ def test_zeroing_below_the_bounds_is_torch_where_bit_for_bit(dtype, n_rows, devi
     pre[: min(n_rows, 1)] = specials
     pre, bounds = pre.to(device), bounds.to(device)
     expected = torch.where(pre > bounds, pre, 0)
-    zeroed = _zero_at_or_below(pre.clone(), bounds)
+    counts = torch.ones(7, device=device)  # the counts are added to what is there
+    zeroed = _zero_at_or_below(pre.clone(), bounds, counts=counts)
     bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}
     assert torch.equal(zeroed.view(bits[dtype]), expected.view(bits[dtype]))
+    assert counts.tolist() == (1 + (pre > bounds).sum(dim=0)).tolist()
 
 
 def test_window_entries_sum_alike_as_indices_and_as_a_mask():

@@ -491,6 +491,8 @@ def tree_map(fn, tree, leaf_type=torch.Tensor):
 def _firings(code, n_latents):
     """How many rows of the batch each latent fired on, in float64 (no host sync)."""
     dtype = torch.float64
+    if code.fired is not None:
+        return code.fired.to(dtype)
     active = code.values > 0  # every sparsifier's code is non-negative
     if code.indices is None:
         return count_true(active).to(dtype)
