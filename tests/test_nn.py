@@ -189,19 +189,30 @@ def test_zeroing_below_the_bounds_is_torch_where_bit_for_bit(dtype, n_rows, devi
     assert counts.tolist() == (1 + (pre > bounds).sum(dim=0)).tolist()
 
 
-def test_window_entries_sum_alike_as_indices_and_as_a_mask():
-    # The CPU keeps a window's entries as indices, an accelerator as the mask itself;
-    # both forms are built here on the CPU and must give the same sums and counts.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("n_rows", [0, 300])
+def test_window_entries_sum_alike_as_indices_and_as_a_mask(dtype, n_rows):
+    # The CPU keeps a window's entries as indices, found by blocks of 256 rows (300 rows
+    # end in a partial block), an accelerator as the mask itself; both forms are built
+    # here on the CPU and must give the same entries, sums and counts. Values equal to a
+    # bound are outside.
     generator = torch.Generator().manual_seed(0)
-    mask = torch.rand(300, 7, generator=generator) < 0.05
-    values = torch.randn(300, 7, dtype=torch.float64, generator=generator)
-    as_indices = _Entries.of(mask)
+    values = torch.randn(n_rows, 7, generator=generator).to(dtype)
+    low = torch.tensor([-0.5, 0.0, 1.0, -3.0, 0.2, 0.3, 9.0], dtype=dtype)
+    high = low + 0.25
+    if n_rows:
+        values[:2] = torch.stack([low, high])
+    mask = (values > low) & (values < high)
+    as_indices = _Entries.between(values, low, high)
     as_mask = _Entries(count_true(mask), mask=mask)
-    assert as_indices.mask is None and as_indices.rows is not None
-    expected = (values * mask).sum(dim=0)
+    assert as_indices.mask is None
+    rows, columns = mask.nonzero(as_tuple=True)
+    assert torch.equal(as_indices.rows, rows) and torch.equal(as_indices.columns, columns)
+    expected = (values.double() * mask).sum(dim=0)
     torch.testing.assert_close(as_indices.column_sums(values, torch.float64), expected)
     torch.testing.assert_close(as_mask.column_sums(values, torch.float64), expected)
     assert as_indices.counts.tolist() == as_mask.counts.tolist() == mask.sum(dim=0).tolist()
+    assert n_rows == 0 or mask.any()  # the test has entries to find
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 254, 255, 256, 510, 4096])

@@ -368,9 +368,9 @@ class _JumpReLUFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # The kernel's window |pre - threshold| < eps / 2 by two comparisons, without
             # a float temporary the size of the code.
-            window = pre > _rounded_down(threshold.double() - bandwidth / 2, pre.dtype)
-            window &= pre < _rounded_up(threshold.double() + bandwidth / 2, pre.dtype)
-            ctx.window = _Entries.of(window)
+            low = _rounded_down(threshold.double() - bandwidth / 2, pre.dtype)
+            high = _rounded_up(threshold.double() + bandwidth / 2, pre.dtype)
+            ctx.window = _Entries.between(pre, low, high)
         # After the window, which reads the values below the thresholds.
         fired = pre.new_zeros(pre.shape[1], dtype=torch.float32)
         _zero_at_or_below(pre, bound, counts=fired)
@@ -461,13 +461,23 @@ def _zero_at_or_below(pre, bounds, counts=None):
         if counts is not None:
             counts += count_true(above)
         return torch.where(above, pre, pre.new_zeros(()), out=pre)
-    mask = pre.new_empty(min(len(pre), _MASK_BLOCK_ROWS), pre.shape[1])
-    for rows in pre.split(_MASK_BLOCK_ROWS):
-        rows_mask = torch.gt(rows, bounds, out=mask[: len(rows)])
+    for _, rows, (above,) in _row_blocks(pre):
+        torch.gt(rows, bounds, out=above)
         if counts is not None:
-            counts += rows_mask.sum(dim=0, dtype=counts.dtype)
-        torch.ops.aten.threshold_backward.grad_input(rows, rows_mask, 0, grad_input=rows)
+            counts += above.sum(dim=0, dtype=counts.dtype)
+        torch.ops.aten.threshold_backward.grad_input(rows, above, 0, grad_input=rows)
     return pre
+
+
+def _row_blocks(values, n_masks=1):
+    """Yield ``(first row, block, masks)`` for the blocks of :data:`_MASK_BLOCK_ROWS` rows
+    of ``values``: ``n_masks`` tensors shaped like the block, in its dtype, for the masks
+    of a comparison, the same memory from one block to the next."""
+    shape = (min(len(values), _MASK_BLOCK_ROWS), values.shape[1])
+    scratch = [values.new_empty(shape) for _ in range(n_masks)]
+    for start in range(0, len(values), _MASK_BLOCK_ROWS):
+        block = values[start : start + _MASK_BLOCK_ROWS]
+        yield start, block, [mask[: len(block)] for mask in scratch]
 
 
 def _rounded_down(values, dtype):
@@ -489,12 +499,13 @@ def _rounded_up(values, dtype):
 
 
 class _Entries(NamedTuple):
-    """The true entries of a mostly false 2-D mask, and their number in each column.
+    """A few entries of a 2-D tensor (those strictly between two bounds per column, see
+    :meth:`between`), and their number in each column.
 
     On the CPU they are kept as indices (``rows``, ``columns``), from which sums gather
     the few entries: a masked copy of the values would be a fresh tensor the size of the
     mask, page-faulted in at every step. On an accelerator finding them would make the
-    host wait, and the ``mask`` itself is kept.
+    host wait, and the boolean ``mask`` itself is kept.
     """
 
     counts: torch.Tensor
@@ -503,11 +514,29 @@ class _Entries(NamedTuple):
     columns: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, mask):
-        if mask.device.type != "cpu":
+    def between(cls, values, low, high):
+        """The entries of ``values`` strictly between ``low`` and ``high`` (one bound per
+        column, in the values' dtype).
+
+        On the CPU, comparisons into boolean masks over the whole tensor are slow: a
+        block of rows at a time, through masks in the values' own dtype, takes 12
+        instead of 32 ms at 4096 x 4096 in float32 (8 instead of 25 in bfloat16).
+        """
+        if values.device.type != "cpu":
+            mask = values > low
+            mask &= values < high
             return cls(count_true(mask), mask=mask)
-        rows, columns = mask.nonzero(as_tuple=True)
-        return cls(torch.bincount(columns, minlength=mask.shape[1]), rows=rows, columns=columns)
+        no_entries = torch.empty(0, dtype=torch.int64, device=values.device)
+        row_parts, column_parts = [no_entries], [no_entries]
+        for start, block, (above_low, below_high) in _row_blocks(values, n_masks=2):
+            torch.gt(block, low, out=above_low)
+            inside = above_low.mul_(torch.lt(block, high, out=below_high))
+            rows, columns = inside.nonzero(as_tuple=True)
+            row_parts.append(rows + start)
+            column_parts.append(columns)
+        rows, columns = torch.cat(row_parts), torch.cat(column_parts)
+        counts = torch.bincount(columns, minlength=values.shape[1])
+        return cls(counts, rows=rows, columns=columns)
 
     def column_sums(self, values, dtype):
         """Sums in ``dtype`` of ``values`` (shaped like the mask) over the entries of
