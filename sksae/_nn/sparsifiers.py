@@ -442,7 +442,7 @@ def _jump_relu(pre, threshold):
     return Code(_zero_at_or_below(pre, threshold.to(pre.dtype)))
 
 
-#: Rows of the mask that :func:`_zero_at_or_below` makes at a time on the CPU.
+#: Rows per block of the masks that :func:`_row_blocks` gives on the CPU (a few MB).
 _MASK_BLOCK_ROWS = 256
 
 
