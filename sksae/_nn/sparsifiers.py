@@ -34,7 +34,8 @@ class Code(NamedTuple):
     #: work (JumpReLU's L0 shares its comparisons and kernel window with the code).
     penalty: torch.Tensor | None = None
     #: How many rows each latent fired on, when the sparsifier counted them as it made
-    #: the code (JumpReLU's L0 needs the counts too).
+    #: the code (the dense training codes: counting then costs less than comparing the
+    #: code again).
     fired: torch.Tensor | None = None
 
     def to_dense(self, n_latents):
@@ -110,7 +111,8 @@ class ReLU(Sparsifier):
 
     def forward(self, pre):
         """The code, written over ``pre``."""
-        return Code(_CodeOverPre.apply(pre, 0.0))
+        values, fired = _CodeOverPre.apply(pre, 0.0)
+        return Code(values, fired=fired)
 
     def penalty(self, code, decoder_norms):
         # Column sums first: one pass over the code. A bfloat16 code (autocast) is summed
@@ -202,7 +204,8 @@ class BatchTopK(TopK):
         # pass more than F.threshold's with a number, and the selection has already
         # made the host wait for the device.
         below = torch.nextafter(self.cutoff, self.cutoff.new_tensor(-math.inf))
-        return Code(_CodeOverPre.apply(pre, max(below.item(), 0.0)))
+        values, fired = _CodeOverPre.apply(pre, max(below.item(), 0.0))
+        return Code(values, fired=fired)
 
     def _batch_top(self, pre):
         """The ``batch * k`` largest values of ``ReLU(pre)`` over the whole batch.
@@ -403,7 +406,8 @@ class _JumpReLUFunction(torch.autograd.Function):
 
 class _CodeOverPre(torch.autograd.Function):
     """The code ``pre * H(pre - threshold)`` for a non-negative number ``threshold``,
-    written over ``pre``, and its gradient written over the code
+    written over ``pre``, with the number of rows each latent fired on (counted as the
+    code is made, :func:`_zero_at_or_below`), and its gradient written over the code
     (:func:`_grad_over_code`).
 
     ReLU's code and BatchTopK's training code. Each tensor the size of the code that a
@@ -413,14 +417,16 @@ class _CodeOverPre(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, threshold):
-        F.threshold(pre, threshold, 0.0, inplace=True)
+        fired = pre.new_zeros(pre.shape[1], dtype=torch.float32)
+        _zero_at_or_below(pre, pre.new_tensor(threshold), counts=fired)
         ctx.mark_dirty(pre)
+        ctx.mark_non_differentiable(fired)
         ctx.save_for_backward(pre)
-        return pre
+        return pre, fired
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad):
+    def backward(ctx, grad, grad_fired):
         (code,) = ctx.saved_tensors
         return _grad_over_code(grad, code), None
 
