@@ -200,11 +200,9 @@ class BatchTopK(TopK):
         self.cutoff = kept.min()
         # Every activation at or above the smallest kept one: the batch's top ``batch * k``
         # (ties aside), ReLU'd too as the cutoff is never negative: those strictly above
-        # the largest float below the cutoff. A comparison with a tensor would take a
-        # pass more than F.threshold's with a number, and the selection has already
-        # made the host wait for the device.
+        # the largest float below the cutoff, a bound that stays on the device.
         below = torch.nextafter(self.cutoff, self.cutoff.new_tensor(-math.inf))
-        values, fired = _CodeOverPre.apply(pre, max(below.item(), 0.0))
+        values, fired = _CodeOverPre.apply(pre, below.clamp_min(0.0))
         return Code(values, fired=fired)
 
     def _batch_top(self, pre):
@@ -405,10 +403,10 @@ class _JumpReLUFunction(torch.autograd.Function):
 
 
 class _CodeOverPre(torch.autograd.Function):
-    """The code ``pre * H(pre - threshold)`` for a non-negative number ``threshold``,
-    written over ``pre``, with the number of rows each latent fired on (counted as the
-    code is made, :func:`_zero_at_or_below`), and its gradient written over the code
-    (:func:`_grad_over_code`).
+    """The code ``pre * H(pre - threshold)`` for a non-negative ``threshold`` (a number,
+    or a 0-dim tensor of ``pre``'s dtype), written over ``pre``, with the number of rows
+    each latent fired on (counted as the code is made, :func:`_zero_at_or_below`), and
+    its gradient written over the code (:func:`_grad_over_code`).
 
     ReLU's code and BatchTopK's training code. Each tensor the size of the code that a
     step makes afresh is freshly mapped memory on the CPU, whose page faults took about
@@ -418,7 +416,8 @@ class _CodeOverPre(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pre, threshold):
         fired = pre.new_zeros(pre.shape[1], dtype=torch.float32)
-        _zero_at_or_below(pre, pre.new_tensor(threshold), counts=fired)
+        bound = torch.as_tensor(threshold, dtype=pre.dtype, device=pre.device)
+        _zero_at_or_below(pre, bound, counts=fired)
         ctx.mark_dirty(pre)
         ctx.mark_non_differentiable(fired)
         ctx.save_for_backward(pre)
