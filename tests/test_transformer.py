@@ -434,6 +434,8 @@ def test_batchtopk_keeps_k_active_latents_on_average_on_held_out_data():
     active = codes != 0
     assert (codes[active] > sae.threshold_).all()
     assert not np.array_equal(np.count_nonzero(codes, axis=1), np.full(len(codes), 4))
+    # Training on keeps the threshold a scalar.
+    assert sae.partial_fit(X_test).threshold_.shape == ()
 
 
 def test_jumprelu_sparsity_falls_as_alpha_grows(superposition_small):

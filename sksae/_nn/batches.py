@@ -49,7 +49,7 @@ def to_tensor(X, device):
     No copy on the CPU when ``X`` is C-contiguous and writeable; a read-only array (a
     memory map, say) is copied, as torch tensors cannot be read-only.
     """
-    X = np.ascontiguousarray(X)
+    X = np.require(X, requirements="C")  # np.ascontiguousarray would make a 0-d array 1-d
     if not X.flags.writeable:
         X = X.copy()
     return torch.from_numpy(X).to(device)
