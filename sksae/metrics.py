@@ -14,6 +14,8 @@ Examples
 import numpy as np
 import scipy.sparse as sp
 
+from ._nn.batches import as_dense, squared_deviation_sum
+
 __all__ = ["code_bytes", "compression_ratio", "dead_fraction", "fvu", "l0", "mmcs"]
 
 
@@ -22,11 +24,13 @@ def fvu(X, X_hat):
 
     ``sum ||x - x_hat||^2 / sum ||x - mean(X)||^2``: 0 is perfect, 1 is no better than
     predicting the mean row. ``1 - fvu`` is the explained variance that
-    :meth:`SparseAutoencoderTransformer.score` returns.
+    :meth:`SparseAutoencoderTransformer.score` returns, except on data whose rows are
+    all the same, where ``score`` gives 1.0 for a perfect reconstruction and 0.0 for any
+    other, as :func:`sklearn.metrics.explained_variance_score` does.
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : {ndarray, sparse matrix} of shape (n_samples, n_features)
         The data.
     X_hat : ndarray of shape (n_samples, n_features)
         Its reconstruction.
@@ -46,12 +50,12 @@ def fvu(X, X_hat):
     >>> fvu(X, 0.5 * X)
     0.25
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = np.asarray(as_dense(_checked_matrix(X, "X")), dtype=np.float64)
     X_hat = np.asarray(X_hat, dtype=np.float64)
     if X.shape != X_hat.shape:
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
     residual = np.square(X - X_hat).sum()
-    total = np.square(X - X.mean(axis=0)).sum()
+    total = squared_deviation_sum(X)  # exactly 0 when the rows are all the same
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(residual / total)
 
@@ -66,7 +70,7 @@ def l0(codes):
     >>> l0(np.array([[0.0, 1.0, 2.0], [0.0, 0.0, 0.0]]))
     1.0
     """
-    codes = _checked_codes(codes)
+    codes = _checked_matrix(codes, "codes")
     if sp.issparse(codes):
         return float(codes.count_nonzero() / codes.shape[0])
     return float(np.count_nonzero(codes) / codes.shape[0])
@@ -105,6 +109,7 @@ def code_bytes(codes, *, value_dtype=None):
     >>> code_bytes(codes, value_dtype=np.float16)
     171
     """
+    codes = _checked_matrix(codes, "codes")
     n_samples, n_components = codes.shape
     nnz = codes.count_nonzero() if sp.issparse(codes) else np.count_nonzero(codes)
     value_dtype = np.dtype(codes.dtype if value_dtype is None else value_dtype)
@@ -122,7 +127,7 @@ def compression_ratio(X, codes, *, value_dtype=None):
 
     Parameters
     ----------
-    X : ndarray of shape (n_samples, n_features)
+    X : {ndarray, sparse matrix} of shape (n_samples, n_features)
         The data the codes encode.
     codes : {ndarray, sparse matrix} of shape (n_samples, n_components)
     value_dtype : dtype or None, default=None
@@ -143,12 +148,14 @@ def compression_ratio(X, codes, *, value_dtype=None):
     >>> round(compression_ratio(X, codes), 2)  # 2560 bytes over 251
     10.2
     """
-    X = np.asarray(X)
+    X = _checked_matrix(X, "X")
+    codes = _checked_matrix(codes, "codes")
     if X.shape[0] != codes.shape[0]:
         raise ValueError(
             f"X and codes must have the same number of rows, got {X.shape[0]} and {codes.shape[0]}."
         )
-    return float(X.size * X.dtype.itemsize / code_bytes(codes, value_dtype=value_dtype))
+    dense_bytes = X.shape[0] * X.shape[1] * X.dtype.itemsize
+    return float(dense_bytes / code_bytes(codes, value_dtype=value_dtype))
 
 
 def dead_fraction(codes):
@@ -161,7 +168,7 @@ def dead_fraction(codes):
     >>> dead_fraction(np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 3.0, 0.0]]))
     0.5
     """
-    codes = _checked_codes(codes)
+    codes = _checked_matrix(codes, "codes")
     if sp.issparse(codes):
         codes = sp.csr_array(codes)
         fired = np.bincount(codes.indices[codes.data != 0], minlength=codes.shape[1]) > 0
@@ -206,16 +213,16 @@ def mmcs(true_directions, learned_directions):
     return float(np.abs(true @ learned.T).max(axis=1).mean())
 
 
-def _checked_codes(codes):
-    """``codes`` as a 2-D array (or scipy.sparse matrix) with rows and columns."""
-    if not sp.issparse(codes):
-        codes = np.asarray(codes)
-    if codes.ndim != 2 or 0 in codes.shape:
+def _checked_matrix(A, name):
+    """``A`` as a 2-D array or scipy.sparse matrix with rows and columns; a list or a
+    DataFrame (from ``set_output(transform="pandas")``) becomes an array."""
+    if not sp.issparse(A):
+        A = np.asarray(A)
+    if A.ndim != 2 or 0 in A.shape:
         raise ValueError(
-            f"codes must be a 2-D array with at least one row and one column, got shape "
-            f"{codes.shape}."
+            f"{name} must be a 2-D array with at least one row and one column, got shape {A.shape}."
         )
-    return codes
+    return A
 
 
 def _unit_rows(A, name):

@@ -19,6 +19,15 @@ def test_fvu_rejects_mismatched_shapes():
         fvu(np.zeros((3, 2)), np.zeros((3, 3)))
 
 
+def test_fvu_of_rows_all_the_same_is_infinite_or_nan():
+    # The plain mean of three rows of 0.1 is 0.10000000000000002: a variance of rounding
+    # errors would give a huge finite FVU.
+    X = np.full((3, 2), 0.1)
+    assert fvu(X, X + 1) == np.inf
+    assert np.isnan(fvu(X, X))
+    assert fvu(sp.csr_array(X), X + 1) == np.inf
+
+
 def test_l0_dense_and_sparse():
     codes = np.array([[0.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, -1.0]])
     assert l0(codes) == pytest.approx(4 / 3)
@@ -46,10 +55,20 @@ def test_mmcs_hand_computed():
 @pytest.mark.parametrize(
     "codes", [np.zeros((0, 4)), np.zeros((3, 0)), np.zeros(4), sp.csr_array((0, 4))]
 )
-def test_code_metrics_reject_codes_without_rows_or_columns(codes):
-    for metric in (l0, dead_fraction):
+def test_metrics_reject_matrices_without_rows_or_columns(codes):
+    for metric in (l0, dead_fraction, code_bytes, lambda codes: fvu(codes, codes)):
         with pytest.raises(ValueError, match="at least one row and one column"):
             metric(codes)
+    with pytest.raises(ValueError, match="X must be a 2-D array"):
+        compression_ratio(codes, np.ones((3, 4)))
+
+
+def test_code_metrics_take_lists_and_dataframes():
+    pd = pytest.importorskip("pandas")
+    codes = [[0.0, 1.5, 0.0], [2.0, 0.0, 0.0]]
+    assert code_bytes(pd.DataFrame(codes)) == code_bytes(np.array(codes)) == code_bytes(codes)
+    X = pd.DataFrame(np.ones((2, 4)))
+    assert compression_ratio(X, pd.DataFrame(codes)) == compression_ratio(X.to_numpy(), codes)
 
 
 def test_mmcs_rejects_empty_directions():
@@ -73,6 +92,10 @@ def test_code_bytes_is_what_the_csr_arrays_take(n_components):
     assert code_bytes(codes.toarray(), value_dtype=np.float16) == stored
     X = np.zeros((50, 64))
     assert compression_ratio(X, codes, value_dtype=np.float16) == pytest.approx(X.nbytes / stored)
+    # A sparse X counts as the dense array it stands for.
+    assert compression_ratio(sp.csr_array(X), codes, value_dtype=np.float16) == pytest.approx(
+        X.nbytes / stored
+    )
 
 
 def test_compression_ratio_needs_one_code_per_row():

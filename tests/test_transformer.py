@@ -166,6 +166,9 @@ def test_score_is_explained_variance_and_score_samples_the_squared_error(superpo
     assert score == pytest.approx(1 - fvu(X, X_hat), rel=1e-5)
     expected = -np.square(X.astype(np.float64) - X_hat).sum(axis=1)
     np.testing.assert_allclose(sae.score_samples(X), expected, rtol=1e-4, atol=1e-6)
+    # Rows all the same have no variance to explain, as explained_variance_score says,
+    # even where their plain mean is rounded (three rows of 0.1).
+    assert sae.score(np.full((3, X.shape[1]), 0.1)) == 0.0
 
 
 def test_training_improves_the_reconstruction(superposition_small):

@@ -157,6 +157,11 @@ def column_means(X):
     """The mean row of a numpy array or scipy.sparse matrix, in float64, without a dense
     copy of ``X``.
 
+    It is the first row plus the mean deviation from it, which is exactly the value of
+    a constant column, where a plain mean is not: three rows of 0.1 average to
+    0.10000000000000002, and data whose rows are all the same would then have a
+    variance of rounding errors, not zero.
+
     Examples
     --------
     >>> import numpy as np
@@ -164,16 +169,27 @@ def column_means(X):
     >>> from sksae._nn.batches import column_means
     >>> X = np.array([[0.0, 2.0], [2.0, 0.0], [4.0, 0.0]])
     >>> column_means(X).tolist(), column_means(sp.csr_array(X)).tolist()
-    ([2.0, 0.6666666666666666], [2.0, 0.6666666666666666])
+    ([2.0, 0.6666666666666667], [2.0, 0.6666666666666667])
+    >>> column_means(np.full((3, 1), 0.1)).tolist(), np.full((3, 1), 0.1).mean(axis=0).tolist()
+    ([0.1], [0.10000000000000002])
     """
-    if not sp.issparse(X):
-        return np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
-    # Not X.mean(dtype=np.float64): scipy sums in the matrix's own dtype and casts the
-    # result, so float32 round-off grows with the number of rows.
-    sums = np.zeros(X.shape[1])
-    for columns, values in _stored_entries(X):
-        sums += np.bincount(columns, weights=values, minlength=X.shape[1])
-    return sums / X.shape[0]
+    first = as_dense(X[:1]).astype(np.float64).ravel()
+    deviation_sums = np.zeros(X.shape[1])
+    if sp.issparse(X):
+        # Not X.mean(dtype=np.float64): scipy sums in the matrix's own dtype and casts the
+        # result, so float32 round-off grows with the number of rows.
+        stored_per_column = np.zeros(X.shape[1])
+        for columns, values in _stored_entries(X):
+            deviation_sums += np.bincount(
+                columns, weights=values - first[columns], minlength=X.shape[1]
+            )
+            stored_per_column += np.bincount(columns, minlength=X.shape[1])
+        deviation_sums -= (X.shape[0] - stored_per_column) * first  # the implicit zeros
+    else:
+        chunk_rows = rows_per_chunk(X.shape[1])
+        for start in range(0, X.shape[0], chunk_rows):
+            deviation_sums += (X[start : start + chunk_rows] - first).sum(axis=0)
+    return first + deviation_sums / X.shape[0]
 
 
 def squared_deviation_sum(X):
