@@ -1025,6 +1025,16 @@ def test_data_louder_than_the_first_batch_is_not_divergence():
     assert _sae(n_components=64, k=4, max_iter=3, shuffle=False).fit(quiet_start).n_iter_ == 3
 
 
+@pytest.mark.parametrize("activation", ["jumprelu", "relu"])
+def test_a_penalty_larger_than_the_data_is_not_divergence(activation):
+    # JumpReLU's alpha * L0 does not scale with the data: at the default alpha it is
+    # hundreds of times the squared norm of these rows, and ReLU's at a large alpha.
+    X = 0.01 * np.random.default_rng(0).standard_normal((256, 6))
+    sae = _sae(activation=activation, n_components=8, alpha=1e6 if activation == "relu" else 1.0)
+    assert sae.set_params(max_iter=3).fit(X).n_iter_ == 3
+    assert sae.loss_curve_[0] > 1e3 * np.square(X).sum(axis=1).mean()
+
+
 # ---------------------------------------------------------------- quality
 
 

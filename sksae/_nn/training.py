@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from .batches import rows_per_chunk, squared_norm_sum
 from .sparsifiers import Code, count_true
 
-#: An epoch's mean loss above this multiple of the reference loss (the loss of the
-#: all-zero code plus the mean squared norm of the data, over the same epoch) means the
-#: fit is running away: a working SAE never does orders of magnitude worse than
-#: reconstructing nothing.
+#: An epoch's mean squared error above this multiple of the reference (the squared error
+#: of the all-zero code plus the mean squared norm of the data, over the same epoch)
+#: means the fit is running away: a working SAE never does orders of magnitude worse
+#: than reconstructing nothing.
 DIVERGENCE_FACTOR = 1e3
 
 
@@ -347,8 +347,8 @@ class Trainer:
         in minibatches, shuffled when a generator is given.
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
-        is non-finite or more than ``DIVERGENCE_FACTOR`` times the reference loss of the
-        same rows.
+        is non-finite or the mean squared error more than ``DIVERGENCE_FACTOR`` times the
+        reference of the same rows.
         """
         n_samples = len(X)
         order = None
@@ -371,7 +371,7 @@ class Trainer:
             fired += fired_now
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
         loss, squared_error, active, reference = (sums / n_samples).tolist()
-        self._check_divergence(loss, reference)
+        self._check_divergence(loss, squared_error, reference)
         variance = X.variance()
         return EpochStats(
             loss=loss,
@@ -381,12 +381,17 @@ class Trainer:
         )
 
     @staticmethod
-    def _check_divergence(loss, reference):
+    def _check_divergence(loss, squared_error, reference):
+        # The squared error alone is judged: the penalty's scale is alpha's, not the
+        # data's (JumpReLU's alpha * L0 of a wide model can dwarf small data's norm from
+        # the first step), and a runaway fit runs away in its reconstruction too.
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"the mean training loss reached {loss}")
         limit = DIVERGENCE_FACTOR * max(reference, torch.finfo(torch.float32).tiny)
-        if not math.isfinite(loss) or loss > limit:
+        if squared_error > limit:
             raise TrainingDiverged(
-                f"the mean training loss reached {loss:.3g}, against {reference:.3g} for the "
-                "all-zero code and the data's squared norm together"
+                f"the mean squared error reached {squared_error:.3g}, against {reference:.3g} "
+                "for the all-zero code and the data's squared norm together"
             )
 
     def full_state(self):
