@@ -343,12 +343,12 @@ class SparseAutoencoderTransformer(
         batch).
 
     validation_scores_ : list of float or None
-        Explained variance (``1 - FVU``) of the held-out data after each epoch, with
-        ``early_stopping``; None otherwise.
+        Explained variance (``1 - FVU``) of the held-out data after each epoch of
+        ``fit`` with ``early_stopping``; None otherwise, and after ``partial_fit``.
 
     best_validation_score_ : float or None
-        The best of ``validation_scores_``, whose weights the model holds; None without
-        ``early_stopping``.
+        The best of ``validation_scores_``, whose weights the model holds; None when
+        ``validation_scores_`` is.
 
     loss_curve_ : list of float
         Mean training loss of each epoch (or ``partial_fit`` call): the squared error
@@ -753,7 +753,6 @@ class SparseAutoencoderTransformer(
         score) under early stopping, and the ``progress`` a resumed fit starts from."""
         attributes = self._fitted_attributes(snapshot.read(), stats, history, scale)
         attributes["_fit_progress"] = progress
-        attributes["validation_scores_"] = attributes["best_validation_score_"] = None
         if best is not None:
             best_snapshot, best_stats, best_score = best
             attributes.update(
@@ -956,6 +955,9 @@ class SparseAutoencoderTransformer(
             "_trainer_state": tree_map(_to_numpy, state["trainer"]),
             # Set by fit to resume it; partial_fit's passes are each complete.
             "_fit_progress": None,
+            # Set by fit under early stopping; partial_fit holds out nothing.
+            "validation_scores_": None,
+            "best_validation_score_": None,
         }
 
     def _model_attributes(self, model_state, stats, scale):

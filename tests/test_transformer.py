@@ -522,6 +522,9 @@ def test_early_stopping_restores_the_weights_of_the_best_validation_epoch(superp
 
     without = _sae(max_iter=2).fit(X)
     assert without.validation_scores_ is None and without.best_validation_score_ is None
+    # partial_fit validates nothing: its weights are no epoch's that was scored.
+    for model in (_sae().partial_fit(X), sae.partial_fit(X)):
+        assert model.validation_scores_ is None and model.best_validation_score_ is None
 
 
 def test_early_stopping_needs_samples_to_train_on_and_to_validate_on():
