@@ -590,8 +590,10 @@ def test_sparse_input_gives_the_model_of_its_dense_twin(activation):
     X_sparse = sp.csr_array(X)
     dense = _sae(activation=activation, normalize_input="mean_norm").fit(X)
     sparse = _sae(activation=activation, normalize_input="mean_norm").fit(X_sparse)
+    csc = _sae(activation=activation, normalize_input="mean_norm").fit(sp.csc_matrix(X))
     for name in FITTED_ARRAYS:
         np.testing.assert_array_equal(getattr(sparse, name), getattr(dense, name))
+        np.testing.assert_array_equal(getattr(csc, name), getattr(dense, name))
     for fmt in [sp.csr_array, sp.csc_matrix, sp.coo_array]:
         np.testing.assert_array_equal(sparse.transform(fmt(X)), dense.transform(X))
     assert sparse.score(X_sparse) == pytest.approx(dense.score(X), rel=1e-9)

@@ -56,8 +56,10 @@ def to_tensor(X, device):
 
 
 def as_dense(X):
-    """``X`` as a numpy array, densifying a scipy.sparse matrix."""
-    return X.toarray() if sp.issparse(X) else X
+    """``X`` as a numpy array, densifying a scipy.sparse matrix in C order: a CSC
+    matrix's own would be in Fortran order, which numpy sums in another order than the
+    dense twin's rows (the fits would differ in the last bits)."""
+    return X.toarray(order="C") if sp.issparse(X) else X
 
 
 def training_rows(X, device):
