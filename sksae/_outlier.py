@@ -94,6 +94,10 @@ feature_names_in_
         **SparseAutoencoderTransformer._parameter_constraints,
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
     }
+    #: And contamination, which sets offset_ alone, computed anew at the end of every fit.
+    _params_a_resumed_fit_may_change = (
+        SparseAutoencoderTransformer._params_a_resumed_fit_may_change | {"contamination"}
+    )
 
     def __init__(
         self,

@@ -64,20 +64,6 @@ _DECAY_FRACTION = 0.2
 #: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
 #: about 1e-7).
 _UNIT_NORM_TOLERANCE = 1e-4
-#: Parameters that a fit resumed after an interruption may differ in (see
-#: ``_training_params``).
-_PARAMS_A_RESUMED_FIT_MAY_CHANGE = frozenset(
-    {
-        "warm_start",
-        "verbose",
-        "device",
-        "random_state",
-        "partial_fit_samples",
-        "transform_algorithm",
-        "transform_n_candidates",
-        "sparse_output",
-    }
-)
 #: Parameters read by transform, score and their kin, which may change after fit.
 _INFERENCE_PARAMS = ("transform_algorithm", "transform_n_candidates", "sparse_output")
 #: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
@@ -436,6 +422,20 @@ class SparseAutoencoderTransformer(
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }
+    #: Parameters that a fit resumed after an interruption may differ in (see
+    #: ``_training_params``).
+    _params_a_resumed_fit_may_change = frozenset(
+        {
+            "warm_start",
+            "verbose",
+            "device",
+            "random_state",
+            "partial_fit_samples",
+            "transform_algorithm",
+            "transform_n_candidates",
+            "sparse_output",
+        }
+    )
 
     def __init__(
         self,
@@ -588,7 +588,7 @@ class SparseAutoencoderTransformer(
         return {
             name: value
             for name, value in self.get_params().items()
-            if name not in _PARAMS_A_RESUMED_FIT_MAY_CHANGE
+            if name not in self._params_a_resumed_fit_may_change
         }
 
     def _check_resumable(self, resumed, n_samples):

@@ -68,6 +68,30 @@ def test_partial_fit_sets_the_threshold_from_its_batch(clean_data):
     assert np.mean(detector.predict(clean_data[1000:2000]) == -1) == pytest.approx(0.1, abs=0.01)
 
 
+def test_an_interrupted_fit_resumes_with_another_contamination(clean_data, monkeypatch):
+    from sksae._nn.training import Trainer
+
+    params = dict(n_components=64, max_iter=4, max_no_improvement=None, random_state=0)
+    uninterrupted = SparseAutoencoderOutlierDetector(contamination=0.1, **params).fit(clean_data)
+    run_epoch = Trainer.run_epoch
+
+    def interrupted_in_epoch_3(trainer, *args, **kwargs):
+        if trainer.n_steps >= 2 * np.ceil(len(clean_data) / 256):
+            raise KeyboardInterrupt
+        return run_epoch(trainer, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "run_epoch", interrupted_in_epoch_3)
+    detector = SparseAutoencoderOutlierDetector(**params)
+    with pytest.raises(KeyboardInterrupt):
+        detector.fit(clean_data)
+    monkeypatch.undo()
+    assert detector.n_iter_ == 2
+    # The threshold is set after training: it may change, and the fit still resumes.
+    detector.set_params(warm_start=True, contamination=0.1).fit(clean_data)
+    np.testing.assert_array_equal(detector.components_, uninterrupted.components_)
+    assert detector.offset_ == uninterrupted.offset_
+
+
 def test_detector_is_a_transformer_too(clean_data):
     detector = SparseAutoencoderOutlierDetector(n_components=64, k=3, max_iter=5, random_state=0)
     codes = detector.fit(clean_data).transform(clean_data)
