@@ -107,7 +107,10 @@ def save(estimator, path):
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomically(directory / WEIGHTS_FILE, weights)
-    _write_atomically(directory / CONFIG_FILE, json.dumps(config, indent=1).encode())
+    # allow_nan=False: the bare NaN and Infinity that json writes by default are not JSON,
+    # and other readers refuse them (_encode tags non-finite numbers instead).
+    config_json = json.dumps(config, indent=1, allow_nan=False)
+    _write_atomically(directory / CONFIG_FILE, config_json.encode())
 
 
 def _json_param(name, value):
@@ -215,6 +218,8 @@ def _encode(value, name, tensors):
         return {"__tuple__": items} if isinstance(value, tuple) else items
     if isinstance(value, np.generic):
         return {"__scalar__": _encode(np.asarray(value), name, tensors)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": repr(value)}  # "nan", "inf" or "-inf"
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"cannot save {name}: values of type {type(value).__name__} are not supported")
@@ -229,6 +234,8 @@ def _decode(value, tensors):
         return _checked_tensor(value, tensors)
     if "__scalar__" in value:
         return _decode(value["__scalar__"], tensors)[()]
+    if "__float__" in value:
+        return float(value["__float__"])
     if "__strings__" in value:
         return np.asarray(value["__strings__"], dtype=object)
     if "__tuple__" in value:

@@ -215,6 +215,21 @@ def test_numpy_scalar_parameters_are_saved_as_numbers(superposition_small, tmp_p
         sksae.save(model.set_params(device=torch.device("cpu")), tmp_path)
 
 
+def test_non_finite_numbers_are_saved_as_standard_json(tmp_path):
+    # Rows all the same: every validation score is NaN.
+    model = _fit(X=np.ones((100, 4)), early_stopping=True, max_no_improvement=None)
+    model.dead_fraction_ = np.nan  # as for a model imported from a research checkpoint
+    assert np.isnan(model.best_validation_score_)
+    sksae.save(model, tmp_path)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    json.loads((tmp_path / CONFIG_FILE).read_text(), parse_constant=refuse)
+    loaded = sksae.load(tmp_path)
+    _assert_same(vars(model), vars(loaded))
+
+
 def test_only_fitted_sksae_estimators_are_saved(tmp_path):
     with pytest.raises(ValueError, match="not fitted"):
         sksae.save(SparseAutoencoderTransformer(), tmp_path)
