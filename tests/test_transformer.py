@@ -840,6 +840,14 @@ def test_partial_fit_with_a_planned_schedule_trains_exactly_as_fit(
         np.testing.assert_array_equal(getattr(streamed, name), getattr(fitted, name))
     assert streamed.loss_curve_ == fitted.loss_curve_
     assert streamed.n_samples_seen_ == fitted.n_samples_seen_ == 3 * len(X)
+    # The later passes in chunks of whole batches: the same model. (The first chunk
+    # sets the decoder bias up, from a sample of its rows.)
+    chunked = _sae(partial_fit_samples=3 * len(X), **params).partial_fit(X)
+    for _ in range(2):
+        for chunk in np.split(X, [64, 96, 2048]):
+            chunked.partial_fit(chunk)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(chunked, name), getattr(fitted, name))
     # Without the plan, the learning rate stays constant: another model.
     constant = _sae(**params)
     for _ in range(3):
