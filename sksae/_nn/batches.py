@@ -13,7 +13,10 @@ import torch
 
 #: Rows per inference chunk. Every chunk is zero-padded to exactly this many rows: a
 #: lone row would take a different BLAS path (gemv) than a block and could differ in the
-#: last bits, so fixed-size chunks make ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``.
+#: last bits, so fixed-size chunks make ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``
+#: wherever the BLAS rounds a row alike at every position in a block. The MKL does but
+#: for float32 products into 8 columns or fewer (latents, here), whose rows differ by
+#: position in the last bit.
 INFERENCE_CHUNK_ROWS = 256
 
 #: Values (rows x features) that a statistic over the data densifies at a time.
