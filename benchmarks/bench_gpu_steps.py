@@ -1,7 +1,7 @@
 """Training-step times on a GPU: every sksae variant against a plain loop and sparsify.
 
-At the two shapes of REFERENCE §3 (GPT-2-small and Gemma-2-2B widths), with bfloat16
-autocast, in one run:
+At B8192 d768 n32768 k32 and B8192 d2304 n16384 k64 (GPT-2-small and Gemma-2-2B
+widths), with bfloat16 autocast, in one run:
 
 * ``bf16 matmul``: an 8192^3 bfloat16 product, the ceiling the rates are compared with;
 * ``plain relu``: a bare ReLU + L1 SAE step written here in plain torch (autocast, fused

@@ -27,8 +27,8 @@ Install sparsify after the pinned torch, so that pip keeps it (its dependencies 
 
 Run from the repository root::
 
-    python benchmarks/bench_vs_sparsify.py                  # CPU: B=4096, d=512, n=4096, k=32
-    python benchmarks/bench_vs_sparsify.py --device cuda    # the GPU shapes of REFERENCE §3
+    python benchmarks/bench_vs_sparsify.py                # CPU: B=4096, d=512, n=4096, k=32
+    python benchmarks/bench_vs_sparsify.py --device cuda  # B8192: d768 n32768 k32, d2304 n16384 k64
 """
 
 import argparse

@@ -144,7 +144,7 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
     >>> X, tokens, positions = token_activations(  # doctest: +SKIP
     ...     ["Sparse codes, one feature at a time."], "path/to/all-MiniLM-L6-v2", layer=3)
     >>> X.shape, tokens[:3], positions[:3, 1]  # doctest: +SKIP
-    ((9, 384), array(['sparse', 'codes', ','], dtype='<U6'), array([1, 2, 3]))
+    ((9, 384), array(['sparse', 'codes', ','], dtype='<U7'), array([1, 2, 3]))
     """
     try:
         import torch
