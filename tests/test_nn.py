@@ -232,13 +232,18 @@ def test_batchtopk_shares_the_budget_over_the_batch_and_tracks_its_threshold():
     dense = sparsifier(pre).values
     torch.testing.assert_close(dense, torch.tensor([[5.0, 4.0, 3.0, 0.0], [0.5, 0.0, 0.0, 0.0]]))
     assert sparsifier.threshold.item() == 0.5  # the first batch sets it outright
+    # Then the newest batch weighs 4 / (t + 4) at step t, and 0.01 from step 396 on.
+    sparsifier.training_step = 1
     sparsifier(torch.tensor([[9.0, 8.0, 7.0, 6.0], [1.0, 1.0, 1.0, 1.0]]))
-    assert sparsifier.threshold.item() == pytest.approx(0.99 * 0.5 + 0.01 * 6.0)
+    assert sparsifier.threshold.item() == pytest.approx(0.2 * 0.5 + 0.8 * 6.0)
+    sparsifier.training_step = 1000
+    sparsifier(torch.tensor([[9.0, 8.0, 7.0, 6.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert sparsifier.threshold.item() == pytest.approx(0.99 * 4.9 + 0.01 * 6.0)
     assert sparsifier.threshold.dtype == torch.float64
     # Inference: each row on its own, through the threshold.
     torch.testing.assert_close(
-        sparsifier.encode(torch.tensor([[0.6, 0.4, -3.0, 2.0]])).values,
-        torch.tensor([[0.6, 0.0, 0.0, 2.0]]),
+        sparsifier.encode(torch.tensor([[5.0, 4.0, -3.0, 7.0]])).values,
+        torch.tensor([[5.0, 0.0, 0.0, 7.0]]),
     )
 
 
