@@ -245,6 +245,12 @@ def test_batchtopk_shares_the_budget_over_the_batch_and_tracks_its_threshold():
         sparsifier.encode(torch.tensor([[5.0, 4.0, -3.0, 7.0]])).values,
         torch.tensor([[5.0, 0.0, 0.0, 7.0]]),
     )
+    # Compared with the float64 threshold itself: the float32 nearest to 0.3 is above it.
+    sparsifier.threshold.fill_(0.3)
+    assert torch.tensor(0.3, dtype=torch.float32).double() > 0.3
+    pre = torch.tensor([[0.3, 0.29, 0.31]], dtype=torch.float32)
+    expected = pre * torch.tensor([1.0, 0.0, 1.0])
+    assert torch.equal(sparsifier.encode(pre.clone()).values, expected)
 
 
 def _batch_top_reference(pre, k):

@@ -456,8 +456,8 @@ def _grad_over_code(grad, code):
 
 def _jump_relu(pre, threshold):
     """``pre * H(pre - threshold)``, the row-independent code of JumpReLU and BatchTopK,
-    written over ``pre``."""
-    return Code(_zero_at_or_below(pre, threshold.to(pre.dtype)))
+    written over ``pre``, compared exactly with the float64 thresholds as in training."""
+    return Code(_zero_at_or_below(pre, _rounded_down(threshold, pre.dtype)))
 
 
 #: Rows per block of the masks that :func:`_row_blocks` gives on the CPU (a few MB).
