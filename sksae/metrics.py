@@ -26,7 +26,7 @@ def fvu(X, X_hat):
     predicting the mean row. ``1 - fvu`` is the explained variance that
     :meth:`SparseAutoencoderTransformer.score` returns, except on data whose rows are
     all the same, where ``score`` gives 1.0 for a perfect reconstruction and 0.0 for any
-    other, as :func:`sklearn.metrics.explained_variance_score` does.
+    other, as :func:`sklearn.metrics.r2_score` does.
 
     Parameters
     ----------

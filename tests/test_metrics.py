@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from sksae._nn.batches import column_means
 from sksae.metrics import code_bytes, compression_ratio, dead_fraction, fvu, l0, mmcs
 
 
@@ -26,6 +27,7 @@ def test_fvu_of_rows_all_the_same_is_infinite_or_nan():
     assert fvu(X, X + 1) == np.inf
     assert np.isnan(fvu(X, X))
     assert fvu(sp.csr_array(X), X + 1) == np.inf
+    assert column_means(sp.coo_array(X)).tolist() == [0.1, 0.1]
 
 
 def test_l0_dense_and_sparse():

@@ -166,7 +166,7 @@ def test_score_is_explained_variance_and_score_samples_the_squared_error(superpo
     assert score == pytest.approx(1 - fvu(X, X_hat), rel=1e-5)
     expected = -np.square(X.astype(np.float64) - X_hat).sum(axis=1)
     np.testing.assert_allclose(sae.score_samples(X), expected, rtol=1e-4, atol=1e-6)
-    # Rows all the same have no variance to explain, as explained_variance_score says,
+    # Rows all the same have no variance to explain: 0.0, as r2_score says,
     # even where their plain mean is rounded (three rows of 0.1).
     assert sae.score(np.full((3, X.shape[1]), 0.1)) == 0.0
 
@@ -535,9 +535,12 @@ def test_early_stopping_needs_samples_to_train_on_and_to_validate_on():
         _sae(early_stopping=True, validation_fraction=0.001).fit(X)
 
 
-def test_early_stopping_on_constant_data_keeps_the_first_epoch():
-    # Held-out rows all equal: the FVU is undefined (NaN) every epoch.
-    X = np.ones((100, 3))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_early_stopping_on_constant_data_keeps_the_first_epoch(dtype):
+    # Held-out rows all equal: the FVU is undefined (NaN) every epoch, dense or sparse,
+    # even where a plain mean of the rows would be rounded.
+    X = np.tile(np.random.default_rng(0).standard_normal(3), (110, 1)).astype(dtype)
+    assert not (X.mean(axis=0) == X[0]).all()
     first_epoch = []
 
     class RecordFirstEpoch(_EpochCallback):
@@ -549,6 +552,9 @@ def test_early_stopping_on_constant_data_keeps_the_first_epoch():
     sae.set_callbacks(RecordFirstEpoch()).fit(X)
     assert len(sae.validation_scores_) == 3 and np.isnan(sae.best_validation_score_)
     np.testing.assert_array_equal(sae.components_, first_epoch[0])
+    sparse = _sae(early_stopping=True, max_iter=3, max_no_improvement=None).fit(sp.csr_array(X))
+    assert np.isnan(sparse.validation_scores_).all()
+    np.testing.assert_array_equal(sparse.components_, sae.components_)
     # The later epochs did move the weights: keeping the first is a choice.
     assert not np.array_equal(
         _sae(max_iter=1).fit(X).components_, _sae(max_iter=3).fit(X).components_

@@ -99,7 +99,14 @@ class DenseRows:
         return self.tensor[index]
 
     def mean(self):
-        return self.tensor.mean(dim=0)
+        """The mean row, computed as :func:`column_means` computes it (exactly the value
+        of a constant column), in float64 by chunks, returned in the rows' dtype."""
+        first, chunk_rows = self.tensor[0].double(), rows_per_chunk(self.tensor.shape[1])
+        deviation_sums = sum(
+            (self.tensor[start : start + chunk_rows].double() - first).sum(dim=0)
+            for start in range(0, len(self), chunk_rows)
+        )
+        return (first + deviation_sums / len(self)).to(self.tensor.dtype)
 
     def variance(self):
         """Mean squared distance of a row to the mean row (the denominator of FVU).
@@ -178,6 +185,8 @@ def column_means(X):
     >>> column_means(np.full((3, 1), 0.1)).tolist(), np.full((3, 1), 0.1).mean(axis=0).tolist()
     ([0.1], [0.10000000000000002])
     """
+    if sp.issparse(X):
+        X = sp.csr_array(X)  # COO and DIA matrices have no rows to slice
     first = as_dense(X[:1]).astype(np.float64).ravel()
     deviation_sums = np.zeros(X.shape[1])
     if sp.issparse(X):
