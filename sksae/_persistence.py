@@ -104,12 +104,12 @@ def save(estimator, path):
     # the configuration the digest of the weights.
     weights = _safetensors_bytes(tensors, {"config_sha256": _config_digest(config)})
     config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / WEIGHTS_FILE, weights)
     # allow_nan=False: the bare NaN and Infinity that json writes by default are not JSON,
     # and other readers refuse them (_encode tags non-finite numbers instead).
     config_json = json.dumps(config, indent=1, allow_nan=False)
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(directory / WEIGHTS_FILE, weights)
     _write_atomically(directory / CONFIG_FILE, config_json.encode())
 
 
@@ -125,6 +125,9 @@ def _json_param(name, value):
             f"Cannot save the parameter {name}={value!r}: save writes parameters as JSON "
             "numbers, strings, booleans or None."
         )
+    if isinstance(value, float) and not math.isfinite(value):
+        # No parameter may be one (fit would refuse it): set_params validates nothing.
+        raise ValueError(f"Cannot save the parameter {name}={value!r}: it must be finite.")
     return value
 
 

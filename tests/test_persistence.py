@@ -210,9 +210,12 @@ def test_numpy_scalar_parameters_are_saved_as_numbers(superposition_small, tmp_p
     loaded = sksae.load(tmp_path)
     assert loaded.get_params() == model.get_params()
     assert type(loaded.n_components) is int and loaded.random_state == 3
-    # What JSON cannot hold is named.
+    # What JSON cannot hold is named, and an earlier save in the directory stays whole.
     with pytest.raises(TypeError, match="Cannot save the parameter device=device"):
         sksae.save(model.set_params(device=torch.device("cpu")), tmp_path)
+    with pytest.raises(ValueError, match="Cannot save the parameter tol=inf"):
+        sksae.save(model.set_params(device="cpu", tol=np.inf), tmp_path)
+    assert sksae.load(tmp_path).get_params() == model.set_params(tol=1e-3).get_params()
 
 
 def test_non_finite_numbers_are_saved_as_standard_json(tmp_path):
