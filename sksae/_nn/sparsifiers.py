@@ -177,7 +177,8 @@ class BatchTopK(TopK):
     #: one: a plain moving average from the first step still gave the first batch a
     #: fifth of the weight after 160 steps, and transform kept about half as many
     #: latents as ``k``. The first batch sets the threshold outright; from step 396 on,
-    #: the average is the plain one.
+    #: the average is the plain one. A model imported from a research checkpoint starts
+    #: at step 0 too: training re-estimates its threshold for the weights as they are.
     threshold_averaging_power = 3
     #: A batch's selection first runs over the values at or above this fraction of the
     #: previous batch's cutoff: consecutive cutoffs differ by a few percent (measured:
