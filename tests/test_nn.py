@@ -356,6 +356,34 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     )
 
 
+def test_auxk_codes_the_dead_latents_wherever_they_are():
+    # Dead latents spread over the dictionary, with pre-activations of both signs: each
+    # row's code is its top 2 among them, under their own indices.
+    model = _model(TopK(k=2))
+    trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=2, coef=1.0, dead_steps=5))
+    dead = torch.tensor([3, 7, 11, 19])
+    trainer.steps_since_fired[dead] = 5
+    trainer._refresh_auxk()
+    x = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    pre = model.pre_activation(x).detach()
+    top = pre[:, dead].topk(2, dim=1).indices
+    expected = torch.zeros(16, 20, dtype=torch.float64)
+    expected.scatter_(1, dead[top], torch.relu(pre[:, dead].gather(1, top)))
+    assert expected.count_nonzero() >= 5  # 7: enough rows with positive candidates
+    torch.testing.assert_close(trainer._auxk_code(x, pre).to_dense(20), expected)
+
+
+def test_auxk_ignores_a_candidate_that_fired_since_the_check():
+    model = _model(TopK(k=2))
+    trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=8, coef=1.0, dead_steps=5))
+    trainer.steps_since_fired[:8] = 5
+    trainer._refresh_auxk()  # the first eight are the candidates until the next check
+    trainer.steps_since_fired[:4] = 0  # and four of them have fired since
+    x = torch.randn(16, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    code = trainer._auxk_code(x, model.pre_activation(x).detach()).to_dense(20)
+    assert (code[:, 4:8] > 0).any() and (code[:, :4] == 0).all()
+
+
 def test_auxk_skips_a_batch_whose_residuals_do_not_spread():
     # 65 rows in batches of 64: the last batch is one row, whose residual equals its mean.
     X = torch.randn(65, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -490,6 +518,34 @@ def _gradient_norm_seen_by_adam(max_grad_norm):
     trainer.optimizer.step = recording_step
     trainer.step(x)
     return seen[0]
+
+
+def test_adam_steps_with_the_decoder_gradient_tangent_to_the_unit_rows():
+    # The renormalisation after the step would hide a missing projection: look at what
+    # the optimiser is given.
+    model = _model(TopK(k=3))
+    trainer = Trainer(model, learning_rate=1e-3)
+    radial, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        assert model.W_dec.grad.abs().sum() > 0
+        radial.append((model.W_dec.grad * model.W_dec).sum(dim=1))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.step(torch.randn(32, 6, dtype=torch.float64))
+    torch.testing.assert_close(radial[0], torch.zeros(20, dtype=torch.float64))
+
+
+def test_a_step_never_leaves_a_jumprelu_threshold_negative():
+    # Adam's first steps are about the learning rate, three times the thresholds here.
+    model = _model(JumpReLU(20, bandwidth=1.0))
+    trainer = Trainer(model, learning_rate=3.0, alpha=1.0)
+    x = torch.randn(64, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        trainer.step(x)
+    assert (model.sparsifier.threshold >= 0).all()
+    assert (model.sparsifier.threshold == 0).any()
 
 
 def test_gradients_are_clipped_to_max_grad_norm_before_the_step():

@@ -527,6 +527,12 @@ def test_early_stopping_restores_the_weights_of_the_best_validation_epoch(superp
         assert model.validation_scores_ is None and model.best_validation_score_ is None
 
 
+def test_early_stopping_trains_on_the_rows_it_does_not_hold_out(superposition_small):
+    X, _ = superposition_small
+    sae = _sae(early_stopping=True, validation_fraction=0.25, max_iter=2, max_no_improvement=None)
+    assert sae.fit(X).n_samples_seen_ == 2 * 3000  # 4000 rows, 1000 held out
+
+
 def test_early_stopping_needs_samples_to_train_on_and_to_validate_on():
     with pytest.raises(ValueError, match="leaves none to train on"):
         _sae(early_stopping=True, validation_fraction=0.5).fit(np.ones((1, 3)))
@@ -907,6 +913,17 @@ def test_partial_fit_refuses_to_train_past_its_plan(superposition_small):
     assert _state(sae) == state
     sae.set_params(partial_fit_samples=5000).partial_fit(X[:10])
     assert sae.n_samples_seen_ == len(X) + 10
+
+
+def test_samples_past_the_plan_train_at_a_learning_rate_of_zero(superposition_small):
+    X, _ = superposition_small
+    params = dict(batch_size=256, partial_fit_samples=512)
+    exact = _sae(**params).partial_fit(X[:256]).partial_fit(X[256:512])
+    over = _sae(**params).partial_fit(X[:256]).partial_fit(X[256:1024])
+    assert over._trainer_state["optimizer"]["param_groups"][0]["lr"] == 0.0
+    # Up to the unit-norm decoder's renormalisation after each step.
+    for name in ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]:
+        np.testing.assert_allclose(getattr(over, name), getattr(exact, name), rtol=0, atol=1e-7)
 
 
 def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
