@@ -335,6 +335,8 @@ def _model_with_dead_latents(n_dead=8):
 
 def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     model = _model_with_dead_latents()
+    with torch.no_grad():
+        model.b_enc[:8] = 0.5  # dead by their clocks alone, with positive candidates
     trainer = Trainer(model, learning_rate=1e-3, auxk=AuxK(k=3, coef=1.0, dead_steps=5))
     trainer.steps_since_fired[:8] = 5  # the first eight latents are dead
     trainer._refresh_auxk()  # and found so by the periodic check
@@ -347,6 +349,7 @@ def test_auxk_reconstructs_the_residual_from_dead_latents_without_b_dec():
     dead_pre = pre[:, :8].numpy()
     top = np.argsort(-dead_pre, axis=1)[:, :3]
     values = np.maximum(np.take_along_axis(dead_pre, top, axis=1), 0)
+    assert np.count_nonzero(values) > len(values)
     W_dec = model.W_dec.detach().numpy()
     residual_hat = np.einsum("bj,bjf->bf", values, W_dec[:8][top])
     r = residual.numpy()
