@@ -457,7 +457,12 @@ def _grad_over_code(grad, code):
 
 def _jump_relu(pre, threshold):
     """``pre * H(pre - threshold)``, the row-independent code of JumpReLU and BatchTopK,
-    written over ``pre``, compared exactly with the float64 thresholds as in training."""
+    written over ``pre``, compared exactly with the float64 thresholds.
+
+    JumpReLU's training compares with its thresholds in the model's dtype: in a float32
+    model, rounded to nearest. The two differ only at a pre-activation equal to a
+    threshold rounded up, which is above the threshold and kept here.
+    """
     return Code(_zero_at_or_below(pre, _rounded_down(threshold, pre.dtype)))
 
 
