@@ -139,8 +139,9 @@ def main(argv=None):
         return exc.code
     try:
         return args.command(args)
-    # ImportError: --progress without rich.
-    except (ValueError, TypeError, OSError, ImportError) as exc:
+    # ImportError: --progress without rich. MemoryError and RuntimeError: a model too
+    # large for memory, which torch reports as a RuntimeError (an OutOfMemoryError on GPUs).
+    except (ValueError, TypeError, OSError, ImportError, MemoryError, RuntimeError) as exc:
         _report_error(exc)
         return EXIT_ERROR
     except KeyboardInterrupt:  # fit saves its own progress first; nothing else has any
@@ -202,8 +203,9 @@ def _build_parser():
         help="continue training the model in MODEL_DIR: a run interrupted or saved by "
         "--checkpoint-every mid-way resumes where it stopped, with the training options "
         "it ran with (same DATA, same result as uninterrupted; other training options are "
-        "an error); a finished one trains --max-iter more epochs (passes), the estimator "
-        "options given replacing its parameters",
+        "an error); a finished one, or one with --early-stopping (which keeps no "
+        "progress), trains --max-iter more epochs (passes), the estimator options given "
+        "replacing its parameters",
     )
     fit.add_argument(
         "--checkpoint-every",
@@ -404,29 +406,40 @@ def _safetensors_shards(file):
     if not isinstance(header, dict):
         raise ValueError(f"{file} is not a safetensors file: its header is not an object.")
     header.pop("__metadata__", None)
+    data_start = 8 + header_length
+    data_bytes = Path(file).stat().st_size - data_start
     return [
         _Shard(
             f"{file}[{name}]",
-            partial(_safetensors_array, file, name, 8 + header_length, entry),
-            partial(_safetensors_shape, file, name, entry),
+            partial(_safetensors_array, file, name, data_start, entry, data_bytes),
+            partial(_safetensors_shape, file, name, entry, data_bytes),
         )
         for name, entry in header.items()
     ]
 
 
-def _safetensors_layout(file, name, entry):
+def _safetensors_layout(file, name, entry, data_bytes):
+    """The layout of one entry, checked to lie within the file's ``data_bytes``: a
+    truncated file must fail the check of the shapes before training, not the read of
+    its last shard after hours of it."""
     try:
-        return _entry_layout(entry)
+        layout = _entry_layout(entry)
     except ValueError as exc:
         raise ValueError(f"{file}[{name}] {exc}.") from exc
+    if layout[3] > data_bytes:
+        raise ValueError(
+            f"{file}[{name}] ends {layout[3]} bytes into the data, which holds "
+            f"{max(data_bytes, 0)}: the file is truncated."
+        )
+    return layout
 
 
-def _safetensors_shape(file, name, entry):
-    return _safetensors_layout(file, name, entry)[1]
+def _safetensors_shape(file, name, entry, data_bytes):
+    return _safetensors_layout(file, name, entry, data_bytes)[1]
 
 
-def _safetensors_array(file, name, data_start, entry):
-    dtype, shape, start, _ = _safetensors_layout(file, name, entry)
+def _safetensors_array(file, name, data_start, entry, data_bytes):
+    dtype, shape, start, _ = _safetensors_layout(file, name, entry, data_bytes)
     array = np.memmap(file, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
     return _decoded(array, entry["dtype"])
 
@@ -450,8 +463,9 @@ def _arrays(shards, n_features=None):
 
 
 def _checked_shape(label, shape, n_features):
-    """Check that the array ``label`` has a 2-D ``shape`` with ``n_features`` columns
-    (any, when None); return its number of columns. ``None``: not an array at all."""
+    """Check that the array ``label`` has a 2-D ``shape`` with rows and ``n_features``
+    columns (any, when None); return its number of columns. ``None``: not an array at
+    all."""
     if shape is None:
         raise ValueError(f"{label} is not a .npy array.")
     if len(shape) != 2:
@@ -459,6 +473,8 @@ def _checked_shape(label, shape, n_features):
             f"{label} holds an array of shape {tuple(shape)}; sksae needs 2-D arrays of shape "
             "(n_samples, n_features)."
         )
+    if shape[0] == 0:
+        raise ValueError(f"{label} holds no rows.")
     if n_features is not None and shape[1] != n_features:
         raise ValueError(
             f"{label} has {shape[1]} features, but the model or the shards before it have "
@@ -485,17 +501,26 @@ def _fit_command(args):
     params = {name: getattr(args, name) for name in FIT_PARAMETERS if hasattr(args, name)}
     model_dir = Path(args.model_dir)
     data = Path(args.data).resolve()
-    if data.is_dir() and data in [model_dir.resolve(), *model_dir.resolve().parents]:
+    # DATA's subdirectories are not read: only DATA itself would read the model as data.
+    if data.is_dir() and data == model_dir.resolve():
         raise ValueError(
-            f"MODEL_DIR {model_dir} lies in DATA {args.data}: the model's files would be "
-            "read as data next time. Choose a MODEL_DIR outside it."
+            f"MODEL_DIR {model_dir} is DATA {args.data}: the model's files would be read as "
+            "data next time. Choose another MODEL_DIR, a subdirectory of DATA for one."
         )
     changed = []
+    warm_start = False
     if args.resume:
-        # warm_start: fit continues the saved model (partial_fit always does).
         model = load(model_dir)
         saved = model._training_params()
         changed = [name for name, value in params.items() if saved.get(name, value) != value]
+        if model.early_stopping:
+            _report(
+                "a fit with early stopping keeps no progress: --resume trains "
+                f"--max-iter ({model.max_iter}) more epochs from its best one."
+            )
+        # warm_start: fit continues the saved model (partial_fit always does). Only for
+        # this run: the model is saved with the value it was loaded with.
+        warm_start = model.warm_start
         model.set_params(**params, warm_start=True)
     elif (model_dir / CONFIG_FILE).exists():
         raise ValueError(
@@ -509,17 +534,25 @@ def _fit_command(args):
     model._check_sparsifier_params()
     shards = _shards(args.data)
     _make_model_directory(model_dir)
+    save_model = partial(_save, directory=model_dir, warm_start=warm_start)
     try:
         if len(shards) == 1:
-            _fit_array(model, shards, args)
+            _fit_array(model, shards, args, save_model)
         else:
-            _fit_shards(model, shards, args, changed)
+            _fit_shards(model, shards, args, changed, save_model)
     except KeyboardInterrupt:
-        return _save_interrupted(model, model_dir)
-    save(model, model_dir)
+        return _save_interrupted(model, model_dir, save_model)
+    save_model(model)
     loss = model.loss_curve_[-1]
     print(f"Saved the model to {model_dir} (n_iter_={model.n_iter_}, loss {loss:.5g}).")
     return 0
+
+
+def _save(model, directory, warm_start):
+    """Save ``model`` to ``directory`` with ``warm_start`` as it was before ``--resume``
+    set it: a model loaded later starts a fresh fit unless its user chose otherwise."""
+    model.set_params(warm_start=warm_start)
+    save(model, directory)
 
 
 def _make_model_directory(directory):
@@ -530,8 +563,9 @@ def _make_model_directory(directory):
     directory.mkdir(parents=True, exist_ok=True)
 
 
-def _fit_array(model, shards, args):
-    """``fit`` on the one array, with the callbacks the options ask for."""
+def _fit_array(model, shards, args, save_model):
+    """``fit`` on the one array, with the callbacks the options ask for; ``save_model``
+    saves a checkpoint."""
     (X,) = _arrays(shards, getattr(model, "n_features_in_", None))
     callbacks = []
     if args.progress:
@@ -540,16 +574,16 @@ def _fit_array(model, shards, args):
         # A callback rather than fits of N epochs with warm_start: each fit plans its own
         # learning-rate decay and plateau detection, so slices would train another model
         # than one fit, which the callback checkpoints without changing it.
-        callbacks.append(_Checkpoint(args.model_dir, args.checkpoint_every))
+        callbacks.append(_Checkpoint(save_model, args.checkpoint_every))
     model.set_callbacks(*callbacks)
     model.fit(X)
 
 
-def _fit_shards(model, shards, args, changed):
-    """``partial_fit`` on each shard in turn, ``max_iter`` passes, saving every
-    ``--checkpoint-every`` passes (by default every pass); or, for a run ``--resume``
-    finds interrupted, the rest of its passes. ``changed``: the training parameters
-    that the command's options change in the resumed model."""
+def _fit_shards(model, shards, args, changed, save_model):
+    """``partial_fit`` on each shard in turn, ``max_iter`` passes, saving (with
+    ``save_model``) every ``--checkpoint-every`` passes (by default every pass); or, for
+    a run ``--resume`` finds interrupted, the rest of its passes. ``changed``: the
+    training parameters that the command's options change in the resumed model."""
     if model.early_stopping:
         raise ValueError(
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
@@ -597,7 +631,7 @@ def _fit_shards(model, shards, args, changed):
             losses = model.loss_curve_[-len(shards) :]
             print(f"pass {number + 1}: loss {np.average(losses, weights=n_shard_rows):.5g}")
         if (number + 1) % every == 0:
-            save(model, args.model_dir)
+            save_model(model)
 
 
 def _resume_point(model, n_shard_rows, changed):
@@ -634,15 +668,15 @@ class _Checkpoint:
 
     Parameters
     ----------
-    directory : str or os.PathLike
-        Where :func:`sksae.save` writes the model.
+    save_model : callable
+        Saves the model it is given (:func:`_save`).
     every : int
         Save when the model's ``n_iter_`` is a multiple of it, so that a resumed fit
         keeps the rhythm of the first.
     """
 
-    def __init__(self, directory, every):
-        self.directory = directory
+    def __init__(self, save_model, every):
+        self.save_model = save_model
         self.every = every
 
     def setup(self, estimator, context):
@@ -655,19 +689,19 @@ class _Checkpoint:
         """Save ``fitted_estimator`` at the end of every ``every``-th epoch."""
         # The epochs are the subtasks of the fit; the command saves the fit's own end.
         if context.parent is not None and fitted_estimator.n_iter_ % self.every == 0:
-            save(fitted_estimator, self.directory)
+            self.save_model(fitted_estimator)
 
     def teardown(self, estimator, context):
         """Nothing to release."""
 
 
-def _save_interrupted(model, model_dir):
+def _save_interrupted(model, model_dir, save_model):
     """Save what an interrupted training left: ``fit`` restores its last completed epoch,
     ``partial_fit`` the state before the interrupted shard."""
     if not hasattr(model, "components_"):
         _report("interrupted before the first epoch ended; nothing to save.")
         return EXIT_INTERRUPTED
-    save(model, model_dir)
+    save_model(model)
     _report(
         f"interrupted; saved the model of the last completed epoch or shard "
         f"(n_iter_={model.n_iter_}) to {model_dir}."
@@ -689,8 +723,9 @@ def _evaluate(model, shards):
 
     Each chunk of rows is encoded into sparse codes (``sparse_output``) and decoded;
     only running sums outlive it: the squared error, the sum of squared deviations from
-    the mean (merged across chunks as Chan et al. do, which keeps float64's precision),
-    and how often each latent fired.
+    the mean (merged across chunks as Chan et al. do, which keeps float64's precision;
+    of the rows less the first row, which leaves a constant column exactly zero), and
+    how often each latent fired.
 
     Parameters
     ----------
@@ -711,6 +746,7 @@ def _evaluate(model, shards):
     n_latents = model.components_.shape[0]
     fired = np.zeros(n_latents, dtype=np.int64)
     n_samples, mean, deviation, residual = 0, np.zeros(model.n_features_in_), 0.0, 0.0
+    reference = None
     for X in _arrays(shards, model.n_features_in_):
         chunk_rows = rows_per_chunk(X.shape[1], EVALUATE_CHUNK_VALUES)
         for start in range(0, X.shape[0], chunk_rows):
@@ -719,6 +755,9 @@ def _evaluate(model, shards):
             fired += np.bincount(codes.indices[codes.data != 0], minlength=n_latents)
             chunk = chunk.astype(np.float64)
             residual += np.square(chunk - model.inverse_transform(codes)).sum()
+            if reference is None:
+                reference = chunk[0].copy()
+            chunk -= reference
             chunk_mean = chunk.mean(axis=0)
             delta, total = chunk_mean - mean, n_samples + len(chunk)
             deviation += np.square(chunk - chunk_mean).sum()

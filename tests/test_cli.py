@@ -141,6 +141,8 @@ def test_resume_continues_the_saved_model(model_dir, data, tmp_path):
     assert (after.n_components, after.k, after.max_iter) == (64, 3, 2)
     assert after.n_iter_ == before.n_iter_ + 2
     assert after.loss_curve_[: before.n_iter_] == before.loss_curve_
+    # --resume warm-starts this run only: the saved model's fit starts afresh.
+    assert after.warm_start is False
 
 
 @pytest.mark.parametrize(
@@ -226,6 +228,7 @@ def test_an_interrupted_fit_resumed_by_the_command_line_ends_as_an_uninterrupted
     names = ["components_", "encoder_weights_", "loss_curve_", "n_iter_", "n_samples_seen_"]
     for name in [*names, "_trainer_state"]:
         np.testing.assert_equal(getattr(resumed, name), getattr(whole, name))
+    assert resumed.get_params() == whole.get_params()
 
 
 def test_export_writes_sparsify(model_dir, X, tmp_path):
@@ -251,6 +254,11 @@ def bad_data(X, tmp_path):
     (tmp_path / "uneven").mkdir()
     np.save(tmp_path / "uneven" / "00.npy", X)
     np.save(tmp_path / "uneven" / "01.npy", X[:, :8])
+    (tmp_path / "holes").mkdir()
+    np.save(tmp_path / "holes" / "00.npy", X)
+    np.save(tmp_path / "holes" / "01.npy", X[:0])
+    whole = _safetensors_bytes({"a": X[:1000], "b": X[1000:]})
+    (tmp_path / "cut.safetensors").write_bytes(whole[:-100])
     return tmp_path
 
 
@@ -269,8 +277,10 @@ def bad_data(X, tmp_path):
         # Found from the headers, before the first shard trains.
         (["fit", "{tmp}/mixed.npz", "-o", "{tmp}/sae"], "mixed.npz[notes.txt] is not a .npy"),
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
+        (["fit", "{tmp}/holes", "-o", "{tmp}/sae"], "01.npy holds no rows"),
+        (["fit", "{tmp}/cut.safetensors", "-o", "{tmp}/sae"], "cut.safetensors[b] ends"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
-        (["fit", "{directory}", "-o", "{directory}/sae"], "lies in DATA"),
+        (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
         (["export", "{model}", "-o", "{tmp}/out", "--format", "onnx"], "format='onnx'"),
@@ -284,6 +294,41 @@ def test_errors_are_one_line_and_exit_2(argv, problem, bad_data, data, model_dir
     assert out == ""
     assert err.startswith("sksae: error: ") and err.count("\n") == 1
     assert problem in err
+
+
+def test_model_dir_may_lie_below_data(data, tmp_path):
+    """DATA's subdirectories are not read, so MODEL_DIR may be one: ``-o sae`` in DATA."""
+    shutil.copytree(data["directory"], tmp_path / "shards")
+    argv = ["fit", str(tmp_path / "shards"), "-o", str(tmp_path / "shards" / "runs" / "sae")]
+    assert main([*argv, "--max-iter", "1", *SMALL]) == 0
+    assert len(_cli._shards(tmp_path / "shards")) == 3
+    assert main([*argv, "--resume"]) == 0
+
+
+def test_resuming_an_early_stopped_fit_says_it_trains_anew(data, tmp_path, capsys):
+    argv = ["fit", str(data["npy"]), "-o", str(tmp_path), "--max-iter", "1", *SMALL]
+    assert main([*argv, "--early-stopping"]) == 0
+    assert "keeps no progress" not in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0
+    assert "keeps no progress: --resume trains --max-iter (1) more" in capsys.readouterr().err
+    assert sksae.load(tmp_path).n_iter_ == 2
+
+
+def test_evaluate_constant_data_is_exact(model_dir, tmp_path, capsys):
+    """Constant columns have no variance, exactly: FVU inf (as metrics.fvu), not 1e31."""
+    np.save(tmp_path / "constant.npy", np.full((3, 16), 0.1))
+    assert main(["evaluate", str(model_dir), str(tmp_path / "constant.npy")]) == 0
+    assert re.search(r"^FVU\s+inf$", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_running_out_of_memory_is_one_line(data, tmp_path, monkeypatch, capsys):
+    def fit(self, X):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "fit", fit)
+    assert main(["fit", str(data["npy"]), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sksae: error: DefaultCPUAllocator") and err.count("\n") == 1
 
 
 def test_python_m_sksae(data, tmp_path):
