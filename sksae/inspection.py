@@ -130,6 +130,7 @@ def top_activating_per_feature(model, X, n=20):
     """
     X = _validate(model, X)
     _check_n(n)
+    n = min(n, X.shape[0])
     n_components = model.components_.shape[0]
     # Placeholders of -inf lose to every real activation, so the first chunk needs no
     # special case; all of them have been pushed out once n real rows were seen.
@@ -143,8 +144,7 @@ def top_activating_per_feature(model, X, n=20):
         del codes
         top_values, top_rows = _merge_top(candidates, top_rows, start)
         del candidates
-    n_kept = min(n, X.shape[0])
-    return top_rows[:, :n_kept], top_values[:, :n_kept]
+    return top_rows, top_values
 
 
 def feature_density(model, X):
@@ -319,8 +319,9 @@ def plot_dictionary(model, image_shape, n_atoms=64, fig=None):
     ----------
     model : SparseAutoencoderTransformer
         A fitted model, whose features are the pixels of an image.
-    image_shape : tuple of int
-        Shape of one image, for example ``(28, 28)``; its product is ``n_features``.
+    image_shape : tuple of (int, int)
+        Height and width of one image, for example ``(28, 28)``; their product is
+        ``n_features``.
     n_atoms : int, default=64
         Number of atoms to show, from the first; at most ``n_components`` are shown.
     fig : matplotlib.figure.Figure or None, default=None
@@ -382,8 +383,8 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
         Data to encode, dense or scipy.sparse CSR/CSC; its rows are images.
     features : sequence of int
         Indices of the latents to show, one grid row each.
-    image_shape : tuple of int
-        Shape of one image; its product is ``n_features``.
+    image_shape : tuple of (int, int)
+        Height and width of one image; their product is ``n_features``.
     n : int, default=8
         Number of rows of ``X`` per latent (at most ``n_samples``).
     fig : matplotlib.figure.Figure or None, default=None
@@ -464,10 +465,13 @@ def _check_n(n):
 def _check_image_shape(image_shape, n_features):
     if not (
         isinstance(image_shape, tuple | list)
-        and image_shape
+        and len(image_shape) == 2
         and all(is_int(side) and side > 0 for side in image_shape)
     ):
-        raise ValueError(f"image_shape must be a tuple of positive integers, got {image_shape!r}.")
+        raise ValueError(
+            f"image_shape must be a (height, width) tuple of positive integers, got "
+            f"{image_shape!r}."
+        )
     if int(np.prod(image_shape)) != n_features:
         raise ValueError(
             f"image_shape={tuple(image_shape)} holds {int(np.prod(image_shape))} pixels, "
@@ -490,7 +494,8 @@ def _encoded_chunks(model, X):
             warnings.filterwarnings("ignore", "X does not have valid feature names")
             # Nothing here keeps a reference to the chunk: the caller's is the only one.
             codes = transform(X[start : start + chunk_rows])
-        yield start, as_dense(codes)
+        # np.asarray: a baseline set to output pandas gives DataFrames.
+        yield start, np.asarray(as_dense(codes))
 
 
 def _merge_top(candidates, top_rows, start):

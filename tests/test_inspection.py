@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from sksae import SparseAutoencoderTransformer, inspection
@@ -188,6 +189,19 @@ def test_a_scikit_learn_baseline_is_inspected_through_its_transform(data, small_
     labels = np.arange(len(X)) % 3
     purity = feature_label_purity(pca, X, labels, n=7)
     assert purity.shape == (5,) and np.all((purity > 0) & (purity <= 1))
+    # set_output's pandas codes are inspected as the arrays they hold.
+    pytest.importorskip("pandas")
+    pandas_pca = clone(pca).set_output(transform="pandas").fit(X)
+    np.testing.assert_array_equal(top_activating(pandas_pca, X, 2, n=7)[0], expected[2])
+    np.testing.assert_array_equal(top_activating_per_feature(pandas_pca, X, n=7)[0], expected)
+
+
+def test_n_beyond_the_rows_allocates_for_the_rows_alone(model, data):
+    X, _ = data
+    # (n_components, n) placeholders would be 58 TiB.
+    rows, activations = top_activating_per_feature(model, X[:10], n=10**12)
+    assert rows.shape == activations.shape == (64, 10)
+    assert feature_label_purity(model, X[:10], np.zeros(10), n=10**12).shape == (64,)
 
 
 def test_purity_hand_computed(hand_model):
@@ -233,8 +247,11 @@ def test_clear_errors(model, data, hand_model):
         feature_label_purity(model, X, np.zeros((X.shape[0], 2)))
     with pytest.raises(ValueError, match="image_shape"):
         plot_dictionary(model, (3, 5))
-    with pytest.raises(ValueError, match="image_shape must be a tuple of positive integers"):
-        plot_dictionary(model, 16)
+    for image_shape in [16, (16,), (2, 2, 4)]:
+        with pytest.raises(ValueError, match=r"image_shape must be a \(height, width\) tuple"):
+            plot_dictionary(model, image_shape)
+        with pytest.raises(ValueError, match=r"image_shape must be a \(height, width\) tuple"):
+            plot_top_activations(model, X, [0], image_shape)
     with pytest.raises(ValueError, match="feature=64"):
         plot_top_activations(model, X, [0, 64], (4, 4))
     with pytest.raises(TypeError, match=r"features must be a list of latents, got 0: pass \[0\]"):
