@@ -123,11 +123,14 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
         Which hidden state to return: 0 for the embeddings, ``i`` for the output of the
         ``i``-th transformer block.
     batch_size : int, default=32
-        Texts per forward pass, padded to the longest (on the side the tokenizer pads;
-        with its end-of-sequence token if it has no padding token, as GPT-2's); the
-        padding is masked out and never returned.
+        Texts per forward pass, padded on the right to the longest (with the
+        end-of-sequence token if the tokenizer has no padding token, as GPT-2's); the
+        padding is masked out and never returned, so a text's activations do not depend
+        on the batch it is in.
     max_length : int, default=128
-        Longer texts are truncated to this many tokens (special tokens included).
+        Longer texts are truncated to this many tokens (special tokens included), or to
+        the model's own limit where it is shorter: the smaller of the tokenizer's
+        ``model_max_length`` and the configuration's ``max_position_embeddings``.
 
     Returns
     -------
@@ -162,10 +165,20 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
                 "with: pass batch_size=1, which needs no padding."
             )
         tokenizer.pad_token = tokenizer.eos_token
+    # On the right whatever the tokenizer's default: no position ids are passed, so a
+    # model with absolute position embeddings would see a text padded on the left at
+    # shifted positions, and a causal model never attends to what follows a token.
+    tokenizer.padding_side = "right"
     model = AutoModel.from_pretrained(str(model_path)).eval()
     n_layers = model.config.num_hidden_layers
     if layer > n_layers:
         raise ValueError(f"layer={layer} is beyond the model's {n_layers} hidden layers.")
+    # Longer inputs would index past the position embeddings.
+    max_length = min(
+        max_length,
+        tokenizer.model_max_length,
+        getattr(model.config, "max_position_embeddings", max_length),
+    )
     rows, tokens, positions = [], [], []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(
@@ -183,12 +196,7 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
         rows.append(hidden[text_index, token_index].float().numpy())
         ids = batch["input_ids"][text_index, token_index].tolist()
         tokens.extend(tokenizer.convert_ids_to_tokens(ids))
-        # The index within the text, not within its padded row: a tokenizer that pads on
-        # the left shifts the text's tokens right.
-        in_text = batch["attention_mask"].cumsum(dim=1) - 1
-        positions.append(
-            np.stack([text_index.numpy() + start, in_text[text_index, token_index].numpy()], axis=1)
-        )
+        positions.append(np.stack([text_index.numpy() + start, token_index.numpy()], axis=1))
     n_features = model.config.hidden_size
     return (
         np.concatenate(rows) if rows else np.empty((0, n_features), dtype=np.float32),

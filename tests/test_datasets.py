@@ -105,15 +105,23 @@ def _with_tokenizer(model_path, directory, **changes):
     return directory
 
 
-def test_token_positions_are_within_the_text_whatever_the_padding_side(
-    tiny_language_model, tmp_path
-):
+def test_token_activations_do_not_depend_on_the_padding_side(tiny_language_model, tmp_path):
     texts = ["sparse codes at a time .", "one feature"]  # the second is padded
     left = _with_tokenizer(tiny_language_model, tmp_path / "left", padding_side="left")
-    expected = token_activations(texts, tiny_language_model, layer=1)
-    _, tokens, positions = token_activations(texts, left, layer=1)
+    expected = token_activations(texts, tiny_language_model, layer=1, batch_size=1)
+    X, tokens, positions = token_activations(texts, left, layer=1)
     assert tokens.tolist() == expected[1].tolist()
     np.testing.assert_array_equal(positions, expected[2])  # "one" is token 1 of its text
+    # Padded on the left, "one" would sit at the position embedding of "at".
+    np.testing.assert_allclose(X, expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_long_texts_are_truncated_to_the_position_embeddings(tiny_language_model):
+    text = " ".join(["sparse codes"] * 40)
+    X, _, positions = token_activations([text], tiny_language_model, layer=1)
+    # 32 positions, [CLS] and [SEP] among them; max_length=128 would overrun them.
+    assert X.shape == (30, 8) and positions[-1].tolist() == [0, 30]
+    assert len(token_activations([text], tiny_language_model, layer=1, max_length=8)[0]) == 6
 
 
 def test_a_tokenizer_without_a_padding_token(tiny_language_model, tmp_path):
