@@ -28,7 +28,6 @@ Nothing is unpickled: safetensors files are read with numpy, and ``ae.pt`` with
 """
 
 import json
-import pickle
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -54,6 +53,10 @@ _SPARSIFY_DEFAULTS = {
     "transcode": False,
 }
 
+
+#: The dtypes of SAELens's DTYPE_MAP, for ``cfg.json``'s ``dtype`` (with or without
+#: ``torch.``).
+_SAELENS_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 
 #: safetensors dtype codes of half precision, and the torch dtype each names.
 _HALF_PRECISION = {"F16": "float16", "BF16": "bfloat16"}
@@ -222,7 +225,8 @@ def export(model, path, format="sparsify"):
         # sparsify reads num_latents when it is nonzero; the expansion factor is a label.
         "expansion_factor": max(1, n_latents // n_features),
         "num_latents": n_latents,
-        "k": fitted["k"],
+        # int: a k from a parameter grid is a numpy integer, which json cannot write.
+        "k": int(fitted["k"]),
         "d_in": n_features,
     }
     tensors = {
@@ -231,10 +235,16 @@ def export(model, path, format="sparsify"):
         "W_dec": model.components_,
         "b_dec": model.decoder_bias_,
     }
+    # Both files' bytes before either is written: a failure must not leave new weights
+    # beside an earlier export's configuration.
+    files = {
+        "sae.safetensors": _safetensors_bytes(tensors),
+        "cfg.json": json.dumps(cfg, indent=1).encode(),
+    }
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / "sae.safetensors", _safetensors_bytes(tensors))
-    _write_atomically(directory / "cfg.json", json.dumps(cfg, indent=1).encode())
+    for name, content in files.items():
+        _write_atomically(directory / name, content)
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -270,10 +280,13 @@ def _from_sparsify(directory):
         weights_file,
         f"d_in={d_in} and {n_latents} latents",
     )
-    # sparsify builds its module in the dtype of the file's first tensor, W_dec.
+    # sparsify builds its module in the dtype of the file's first tensor, W_dec, and
+    # load_state_dict casts the others into it.
     dtype = weights["W_dec"].dtype
     if stored["W_dec"] in _HALF_PRECISION:
-        _warn_half_precision(weights_file, "sparsify", _HALF_PRECISION[stored["W_dec"]])
+        half = _HALF_PRECISION[stored["W_dec"]]
+        _warn_half_precision(weights_file, "sparsify", half)
+        weights = {name: _rounded_to(array, half) for name, array in weights.items()}
         dtype = np.float32
     return _estimator(
         weights_file,
@@ -297,8 +310,10 @@ def _from_saelens(directory):
     v5 (``activation_fn_str`` or ``activation_fn``, and ``activation_fn_kwargs``)."""
     cfg_file, weights_file = directory / "cfg.json", directory / "sae_weights.safetensors"
     cfg = _read_json(cfg_file)
-    architecture = cfg.get("architecture", "standard")
-    activation_fn = cfg.get("activation_fn_str", cfg.get("activation_fn", "relu"))
+    architecture = _string(cfg, "architecture", "standard", cfg_file)
+    activation_fn = _string(
+        cfg, "activation_fn_str", _string(cfg, "activation_fn", "relu", cfg_file), cfg_file
+    )
     if activation_fn == "topk" and architecture in {"standard", "topk"}:
         # v5 wrote TopK models as "standard" ones with a TopK activation function.
         architecture = "topk"
@@ -316,7 +331,12 @@ def _from_saelens(directory):
         )
     d_in, d_sae = (_positive_int(cfg, key, cfg_file) for key in ("d_in", "d_sae"))
     # SAELens casts the weights to the dtype of its configuration, and computes in it.
-    dtype_name = str(cfg.get("dtype", "float32")).removeprefix("torch.")
+    dtype_name = _string(cfg, "dtype", "float32", cfg_file).removeprefix("torch.")
+    if dtype_name not in _SAELENS_DTYPES:
+        raise ValueError(
+            f"{cfg_file}: dtype={cfg['dtype']!r} is none of the dtypes SAELens reads, "
+            f"{sorted(_SAELENS_DTYPES)}."
+        )
     dtype = np.float64 if dtype_name == "float64" else np.float32
     tensors = {name: array.astype(dtype) for name, array in _read_weights(weights_file)[0].items()}
     if dtype_name in _HALF_PRECISION.values():
@@ -354,7 +374,10 @@ def _from_saelens(directory):
         components = components / norms[:, None]
     k = None
     if architecture == "topk":
-        k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
+        kwargs = cfg.get("activation_fn_kwargs") or {}
+        if not isinstance(kwargs, dict):
+            raise ValueError(f"{cfg_file}: activation_fn_kwargs={kwargs!r} is not an object.")
+        k = cfg.get("k", kwargs.get("k"))
         if k is None:
             raise ValueError(f"{cfg_file} describes a TopK SAE but gives no k.")
     return _estimator(
@@ -410,8 +433,10 @@ def _from_dictionary_learning(directory):
     trainer = _read_json(config_file).get("trainer")
     if not isinstance(trainer, dict):
         raise ValueError(f"{config_file} has no 'trainer' entry: not a dictionary_learning run.")
-    dict_class = trainer.get("dict_class")
-    if dict_class not in _DICTIONARIES:
+    if "dict_class" not in trainer:
+        raise ValueError(f"{config_file} lacks the entry 'dict_class' in its 'trainer'.")
+    dict_class = trainer["dict_class"]
+    if not isinstance(dict_class, str) or dict_class not in _DICTIONARIES:
         feature = (
             "a gated SAE (GatedAutoEncoder)"
             if dict_class == "GatedAutoEncoder"
@@ -445,6 +470,8 @@ def _from_dictionary_learning(directory):
         weights_file,
         f"activation_dim={d_in} and dict_size={n_latents}",
     )
+    if "group_sizes" in weights:
+        _check_group_sizes(weights["group_sizes"], n_latents, weights_file)
     if dict_class == "AutoEncoder":
         weights.update(_normalized_decoder(weights))
     k = None
@@ -469,6 +496,21 @@ def _from_dictionary_learning(directory):
     )
 
 
+def _check_group_sizes(group_sizes, n_latents, file):
+    """Matryoshka's nested groups: the sizes its constructor asserts (positive, summing
+    to ``dict_size``). They shape its training loss alone, not its encoder."""
+    if not (
+        group_sizes.ndim == 1
+        and np.issubdtype(group_sizes.dtype, np.integer)
+        and np.all(group_sizes > 0)
+        and group_sizes.sum() == n_latents
+    ):
+        raise ValueError(
+            f"{file}: group_sizes={group_sizes.tolist()} are not positive integers summing "
+            f"to dict_size={n_latents}."
+        )
+
+
 def _read_state_dict(file):
     """The arrays of a torch state dict, floats in float32, loaded with
     ``weights_only=True``: the file cannot make pickle build arbitrary objects."""
@@ -476,7 +518,8 @@ def _read_state_dict(file):
         raise ValueError(f"{file} is missing.")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+    # Any error: a corrupted file fails in many places of the unpickler and of torch.
+    except Exception as exc:
         raise ValueError(
             f"{file} is not a state dict that torch.load(weights_only=True) can read "
             f"({type(exc).__name__}); sksae never unpickles anything else."
@@ -485,8 +528,9 @@ def _read_state_dict(file):
         isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in state.items()
     ):
         raise ValueError(f"{file} is not a state dict (a mapping of names to tensors).")
+    # detach: state_dict(keep_vars=True) saves Parameters, which load_state_dict takes.
     return {
-        name: (tensor.to(torch.float32) if tensor.is_floating_point() else tensor).numpy()
+        name: (tensor.to(torch.float32) if tensor.is_floating_point() else tensor).detach().numpy()
         for name, tensor in state.items()
     }
 
@@ -573,6 +617,13 @@ def _read_weights(file):
     if not file.is_file():
         raise ValueError(f"{file} is missing.")
     tensors, _, stored = _read_safetensors_with_metadata(file)
+    not_float = {
+        name: code
+        for name, code in stored.items()
+        if not np.issubdtype(tensors[name].dtype, np.floating)
+    }
+    if not_float:
+        raise ValueError(f"{file} holds arrays that are not floating point: {not_float}.")
     return tensors, stored
 
 
@@ -600,11 +651,20 @@ def _read_json(file):
         config = json.loads(file.read_text())
     except FileNotFoundError as exc:
         raise ValueError(f"{file} is missing.") from exc
+    except OSError as exc:  # a directory, say
+        raise ValueError(f"{file} cannot be read: {exc}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{file} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise ValueError(f"{file} is not a JSON object.")
     return config
+
+
+def _string(config, key, default, file):
+    value = config.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{file}: {key}={value!r} is not a string.")
+    return value
 
 
 def _positive_int(config, key, file, *, zero_ok=False):

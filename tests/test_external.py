@@ -503,6 +503,21 @@ def test_a_half_precision_sparsify_checkpoint_loads_its_weights_exactly_with_a_w
     np.testing.assert_array_equal(model.components_, tensors["W_dec"].float().numpy())
 
 
+def test_a_sparsify_checkpoint_is_computed_in_the_dtype_of_its_decoder(tmp_path, rng):
+    """sparsify builds its module in W_dec's dtype and casts the other tensors into it."""
+    weights = _sparsify_checkpoint(tmp_path, rng)
+    tensors = {name: torch.from_numpy(array) for name, array in weights.items()}
+    tensors["W_dec"] = tensors["W_dec"].half()
+    (tmp_path / "sae.safetensors").write_bytes(
+        _safetensors_bytes({name: tensor.numpy() for name, tensor in tensors.items()})
+    )
+    with pytest.warns(UserWarning, match="sparsify computes this checkpoint in float16"):
+        model = load_external(tmp_path, "sparsify")
+    np.testing.assert_array_equal(
+        model.encoder_weights_, tensors["encoder.weight"].half().float().numpy()
+    )
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "torch.float16"])
 def test_a_half_precision_saelens_configuration_rounds_the_weights_as_saelens_does(
     tmp_path, rng, dtype
@@ -529,6 +544,16 @@ def test_training_folds_the_decoder_norms_of_a_checkpoint_into_its_encoder(tmp_p
     model.set_params(learning_rate=1e-12).partial_fit(X)
     np.testing.assert_allclose(np.linalg.norm(model.components_, axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(model.inverse_transform(model.transform(X)), before, atol=1e-4)
+
+
+def test_export_of_a_k_from_a_parameter_grid(tmp_path, fitted):
+    """GridSearchCV's best_estimator_ has the grid's numpy integer k."""
+    _, X = fitted
+    grid_model = SparseAutoencoderTransformer(
+        n_components=40, k=np.arange(4, 5)[0], max_iter=1, random_state=0
+    ).fit(X)
+    export(grid_model, tmp_path)
+    assert json.loads((tmp_path / "cfg.json").read_text())["k"] == 4
 
 
 def test_export_of_a_model_trained_on_scaled_data(tmp_path, fitted):
@@ -680,6 +705,86 @@ def test_missing_unexpected_and_misshapen_arrays(tmp_path, rng):
     _dictionary_learning_checkpoint(tmp_path / "dl", rng, "JumpReluAutoEncoder", {"dict_size": 41})
     with pytest.raises(ValueError, match=r"W_enc has shape \(12, 40\), expected \(12, 41\)"):
         load_external(tmp_path / "dl", "dictionary_learning")
+
+
+@pytest.mark.parametrize(
+    ("format", "write", "message"),
+    [
+        ("saelens", {"architecture": ["topk"]}, r"architecture=\['topk'\] is not a string"),
+        ("saelens", {"activation_fn_str": 1}, "activation_fn_str=1 is not a string"),
+        (
+            "saelens",
+            {"architecture": "topk", "activation_fn_kwargs": [4]},
+            r"activation_fn_kwargs=\[4\] is not an object",
+        ),
+        ("saelens", {"dtype": "float8_e4m3fn"}, "dtype='float8_e4m3fn' is none of the dtypes"),
+        ("saelens", {"dtype": None}, "dtype=None is not a string"),
+        ("dictionary_learning", {"dict_class": ["AutoEncoder"]}, "cannot represent"),
+        ("dictionary_learning", {"dict_class": None}, "lacks the entry 'dict_class'"),
+    ],
+)
+def test_malformed_configurations(tmp_path, rng, format, write, message):
+    if format == "saelens":
+        _saelens_checkpoint(tmp_path, rng, {**_SAELENS_V5, **write})
+    else:
+        _dictionary_learning_checkpoint(tmp_path, rng, "AutoEncoder", write)
+        if write["dict_class"] is None:
+            config = json.loads((tmp_path / "config.json").read_text())
+            del config["trainer"]["dict_class"]
+            _write_json(tmp_path / "config.json", config)
+    with pytest.raises(ValueError, match=message):
+        load_external(tmp_path, format)
+
+
+def test_malformed_files(tmp_path, rng):
+    weights = _sparsify_checkpoint(tmp_path / "a", rng)
+    integers = {**weights, "W_dec": weights["W_dec"].astype(np.int64)}
+    (tmp_path / "a" / "sae.safetensors").write_bytes(_safetensors_bytes(integers))
+    with pytest.raises(ValueError, match=r"not floating point: \{'W_dec': 'I64'\}"):
+        load_external(tmp_path / "a", "sparsify")
+    (tmp_path / "a" / "cfg.json").unlink()
+    (tmp_path / "a" / "cfg.json").mkdir()
+    with pytest.raises(ValueError, match=r"cfg\.json cannot be read"):
+        load_external(tmp_path / "a", "sparsify")
+
+    _dictionary_learning_checkpoint(tmp_path / "b", rng, "MatryoshkaBatchTopKSAE", {"k": K})
+    state = torch.load(tmp_path / "b" / "ae.pt", weights_only=True)
+    for group_sizes in [[N_LATENTS - 1], [N_LATENTS + 4, -4], [[N_LATENTS]]]:
+        state["group_sizes"] = torch.tensor(group_sizes)
+        torch.save(state, tmp_path / "b" / "ae.pt")
+        with pytest.raises(ValueError, match="not positive integers summing to dict_size=40"):
+            load_external(tmp_path / "b", "dictionary_learning")
+    state["group_sizes"] = torch.tensor([0.5] * 80)
+    torch.save(state, tmp_path / "b" / "ae.pt")
+    with pytest.raises(ValueError, match="not positive integers"):
+        load_external(tmp_path / "b", "dictionary_learning")
+
+    # A corrupted ae.pt is a ValueError, whatever part of torch.load it breaks.
+    _dictionary_learning_checkpoint(tmp_path / "c", rng, "AutoEncoder")
+    content = (tmp_path / "c" / "ae.pt").read_bytes()
+    corrupted = [content[:length] for length in range(0, len(content), 97)]
+    corrupted += [
+        content[:at] + bytes([content[at] ^ 0xFF]) + content[at + 1 :] for at in range(len(content))
+    ]
+    for corrupt in corrupted:
+        (tmp_path / "c" / "ae.pt").write_bytes(corrupt)
+        try:
+            with warnings.catch_warnings():  # torch's on a pickle protocol it reads as odd
+                warnings.simplefilter("ignore")
+                load_external(tmp_path / "c", "dictionary_learning")
+        except ValueError:
+            pass  # a flipped byte may still leave a readable state dict
+
+
+def test_a_state_dict_of_parameters_loads(tmp_path, rng, X):
+    """``state_dict(keep_vars=True)`` saves Parameters, which load_state_dict accepts."""
+    _, state = _dictionary_learning_checkpoint(tmp_path, rng, "AutoEncoderNew")
+    expected = load_external(tmp_path, "dictionary_learning")
+    parameters = {name: torch.nn.Parameter(tensor) for name, tensor in state.items()}
+    torch.save(parameters, tmp_path / "ae.pt")
+    np.testing.assert_array_equal(
+        load_external(tmp_path, "dictionary_learning").transform(X), expected.transform(X)
+    )
 
 
 def test_inconsistent_configurations(tmp_path, rng):
