@@ -63,6 +63,30 @@ def test_contamination_sets_the_fraction_of_training_outliers(clean_data, contam
     assert np.mean(detector.predict(clean_data) == -1) == pytest.approx(contamination, abs=0.01)
 
 
+def test_the_threshold_belongs_to_the_coder_that_set_it(clean_data, tmp_path):
+    import sksae
+
+    detector = SparseAutoencoderOutlierDetector(
+        n_components=64, max_iter=5, contamination=0.1, random_state=0
+    ).fit(clean_data)
+    # Pursuit reconstructs better: the encoder's threshold would flag far fewer than 10%.
+    detector.set_params(transform_algorithm="pursuit")
+    with pytest.raises(ValueError, match=r"transform_algorithm=.encoder. \(now .pursuit.\)"):
+        detector.predict(clean_data)
+    assert detector.score_samples(clean_data).shape == (3000,)  # compares coders
+    detector.fit(clean_data)
+    assert np.mean(detector.predict(clean_data) == -1) == pytest.approx(0.1, abs=0.01)
+    detector.set_params(transform_n_candidates=8)
+    with pytest.raises(ValueError, match=r"transform_n_candidates=None \(now 8\)"):
+        detector.decision_function(clean_data)
+    detector.set_params(transform_n_candidates=None)
+    sksae.save(detector, tmp_path)
+    loaded = sksae.load(tmp_path)
+    np.testing.assert_array_equal(loaded.predict(clean_data), detector.predict(clean_data))
+    with pytest.raises(ValueError, match="offset_ was set"):
+        loaded.set_params(transform_algorithm="encoder").predict(clean_data)
+
+
 def test_partial_fit_sets_the_threshold_from_its_batch(clean_data):
     detector = SparseAutoencoderOutlierDetector(n_components=64, contamination=0.1)
     detector.partial_fit(clean_data[:1000]).partial_fit(clean_data[1000:2000])
