@@ -3,7 +3,9 @@
 For each digit ``c`` of ``load_digits`` (pixels scaled to [0, 1]): train on 80% of the
 other nine digits (``train_test_split(test_size=0.2, random_state=0)``), then score the
 held-out 20% (inliers) together with every image of ``c`` (outliers), and report the ROC
-AUC of the anomaly scores. Same splits for every method:
+AUC of the anomaly scores; and, for the outlier detectors, the fractions of held-out
+inliers and of outliers their own default threshold (``predict``) flags. Same splits for
+every method:
 
 * ``SparseAutoencoderOutlierDetector(random_state=0)``, its defaults;
 * ``IsolationForest(random_state=0)``;
@@ -24,6 +26,7 @@ import time
 import numpy as np
 import sklearn
 import torch
+from sklearn.base import is_outlier_detector
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA, MiniBatchDictionaryLearning
 from sklearn.ensemble import IsolationForest
@@ -79,6 +82,8 @@ def splits():
 def main():
     aucs = {name: np.zeros(10) for name in METHODS}
     seconds = dict.fromkeys(METHODS, 0.0)
+    # name -> [digit, (held-out inliers flagged, outliers flagged)], for the detectors.
+    flagged = {}
     for digit, train, X_test, is_outlier in splits():
         for name, (make, anomaly_score) in METHODS.items():
             start = time.perf_counter()
@@ -86,6 +91,11 @@ def main():
             scores = anomaly_score(model, X_test)
             seconds[name] += time.perf_counter() - start
             aucs[name][digit] = roc_auc_score(is_outlier, scores)
+            if is_outlier_detector(model):
+                labels = model.predict(X_test)
+                flagged.setdefault(name, np.zeros((10, 2)))[digit] = [
+                    np.mean(labels[is_outlier == value] == -1) for value in (0, 1)
+                ]
 
     print("ROC AUC on digits: train on the other nine digits, outliers = the digit")
     header = f"{'method':<40}{'digit 9':>8}{'mean 0-9':>9}{'worst':>7}{'fit+score s':>12}"
@@ -99,6 +109,16 @@ def main():
     print("per digit (0-9):")
     for name in METHODS:
         print(f"  {name:<40}" + " ".join(f"{auc:.3f}" for auc in aucs[name]))
+    print("flagged by the detector's default threshold (predict), mean [min, max] over digits:")
+    print(f"{'method':<40}{'held-out inliers':>20}{'outliers':>20}")
+    for name, fractions in flagged.items():
+        print(
+            f"{name:<40}"
+            + "".join(
+                f"{f'{column.mean():.1%} [{column.min():.0%}, {column.max():.0%}]':>20}"
+                for column in fractions.T
+            )
+        )
     print(
         f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), scikit-learn {sklearn.__version__}, "

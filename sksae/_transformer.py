@@ -225,8 +225,9 @@ class SparseAutoencoderTransformer(
         interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
         resumes that fit where it stopped, on the same ``X`` and with the same training
         parameters (a change is an error; inference parameters, ``verbose`` and
-        ``device`` may change), to the end it would have reached uninterrupted, bit for
-        bit on the CPU. ``loss_curve_``, ``n_iter_``, ``n_steps_`` and
+        ``device`` may change, and ``random_state`` is ignored: the interrupted fit's
+        seed goes on), to the end it would have reached uninterrupted, bit for bit on
+        the CPU. ``loss_curve_``, ``n_iter_``, ``n_steps_`` and
         ``n_samples_seen_`` keep counting. ``n_components``, ``activation``, ``k`` and
         ``bandwidth`` cannot change.
 
@@ -261,7 +262,8 @@ class SparseAutoencoderTransformer(
 
     transform_n_candidates : int or None, default=None
         Candidate atoms per sample for ``transform_algorithm="pursuit"``; more gives
-        better codes at a cost that grows with its square. ``None`` means ``4 * k``.
+        better codes at a cost that grows with its square. ``None`` means ``4 * k``;
+        either is capped at ``n_components``.
         ``k`` refits the values of the encoder's own ``k`` largest pre-activations, the
         cheapest step past the encoder (4 to 5 times its cost in benchmarks).
 
@@ -288,7 +290,8 @@ class SparseAutoencoderTransformer(
         which they would learn too low (the pre-activations' spacing near them can
         exceed ``bandwidth``). Worth it
         where the hardware multiplies bfloat16 fast: recent GPUs, and CPUs with
-        AVX-512 BF16 or AMX. ``transform`` always encodes in the model's dtype.
+        AVX-512 BF16 or AMX. ``transform`` never uses it: it encodes in the dtype of its
+        input.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation and the shuffling through a private
