@@ -463,9 +463,8 @@ def _arrays(shards, n_features=None):
 
 
 def _checked_shape(label, shape, n_features):
-    """Check that the array ``label`` has a 2-D ``shape`` with rows and ``n_features``
-    columns (any, when None); return its number of columns. ``None``: not an array at
-    all."""
+    """Check that the array ``label`` has a 2-D ``shape`` with ``n_features`` columns
+    (any, when None); return its number of columns. ``None``: not an array at all."""
     if shape is None:
         raise ValueError(f"{label} is not a .npy array.")
     if len(shape) != 2:
@@ -473,8 +472,6 @@ def _checked_shape(label, shape, n_features):
             f"{label} holds an array of shape {tuple(shape)}; sksae needs 2-D arrays of shape "
             "(n_samples, n_features)."
         )
-    if shape[0] == 0:
-        raise ValueError(f"{label} holds no rows.")
     if n_features is not None and shape[1] != n_features:
         raise ValueError(
             f"{label} has {shape[1]} features, but the model or the shards before it have "
@@ -513,15 +510,15 @@ def _fit_command(args):
         model = load(model_dir)
         saved = model._training_params()
         changed = [name for name, value in params.items() if saved.get(name, value) != value]
+        # warm_start: fit continues the saved model (partial_fit always does). Only for
+        # this run: the model is saved with the value it was loaded with.
+        warm_start = model.warm_start
+        model.set_params(**params, warm_start=True)
         if model.early_stopping:
             _report(
                 "a fit with early stopping keeps no progress: --resume trains "
                 f"--max-iter ({model.max_iter}) more epochs from its best one."
             )
-        # warm_start: fit continues the saved model (partial_fit always does). Only for
-        # this run: the model is saved with the value it was loaded with.
-        warm_start = model.warm_start
-        model.set_params(**params, warm_start=True)
     elif (model_dir / CONFIG_FILE).exists():
         raise ValueError(
             f"{model_dir} already holds a model: pass --resume to train it further, or "
@@ -597,6 +594,8 @@ def _fit_shards(model, shards, args, changed, save_model):
         with _reading(shard.label):
             shape = shard.shape()
         n_features = _checked_shape(shard.label, shape, n_features)
+        if shape[0] == 0:  # partial_fit would refuse it, after the shards before it
+            raise ValueError(f"{shard.label} holds no rows.")
         n_shard_rows.append(shape[0])
     n_rows = sum(n_shard_rows)
     seen, plan = getattr(model, "n_samples_seen_", 0), model.partial_fit_samples

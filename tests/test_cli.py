@@ -309,9 +309,19 @@ def test_resuming_an_early_stopped_fit_says_it_trains_anew(data, tmp_path, capsy
     argv = ["fit", str(data["npy"]), "-o", str(tmp_path), "--max-iter", "1", *SMALL]
     assert main([*argv, "--early-stopping"]) == 0
     assert "keeps no progress" not in capsys.readouterr().err
-    assert main([*argv, "--resume"]) == 0
-    assert "keeps no progress: --resume trains --max-iter (1) more" in capsys.readouterr().err
-    assert sksae.load(tmp_path).n_iter_ == 2
+    assert main([*argv, "--resume", "--max-iter", "2"]) == 0
+    assert "keeps no progress: --resume trains --max-iter (2) more" in capsys.readouterr().err
+    assert sksae.load(tmp_path).n_iter_ == 3
+
+
+def test_evaluate_skips_an_empty_shard(model_dir, data, tmp_path, capsys):
+    """Only training refuses empty shards: evaluate's sums are those without them."""
+    shutil.copytree(data["directory"], tmp_path / "shards")
+    np.save(tmp_path / "shards" / "99.npy", np.empty((0, 16), dtype=np.float32))
+    assert main(["evaluate", str(model_dir), str(data["directory"])]) == 0
+    expected = capsys.readouterr().out
+    assert main(["evaluate", str(model_dir), str(tmp_path / "shards")]) == 0
+    assert capsys.readouterr().out == expected
 
 
 def test_evaluate_constant_data_is_exact(model_dir, tmp_path, capsys):
