@@ -173,12 +173,11 @@ def token_activations(texts, model_path, *, layer, batch_size=32, max_length=128
     n_layers = model.config.num_hidden_layers
     if layer > n_layers:
         raise ValueError(f"layer={layer} is beyond the model's {n_layers} hidden layers.")
-    # Longer inputs would index past the position embeddings.
-    max_length = min(
-        max_length,
-        tokenizer.model_max_length,
-        getattr(model.config, "max_position_embeddings", max_length),
-    )
+    # Longer inputs would index past the position embeddings. A limit below 1 means
+    # none (XLNet's -1).
+    for limit in [tokenizer.model_max_length, getattr(model.config, "max_position_embeddings", 0)]:
+        if isinstance(limit, int) and limit > 0:
+            max_length = min(max_length, limit)
     rows, tokens, positions = [], [], []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer(

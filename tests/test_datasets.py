@@ -116,6 +116,22 @@ def test_token_activations_do_not_depend_on_the_padding_side(tiny_language_model
     np.testing.assert_allclose(X, expected[0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_model_without_a_position_limit(tiny_language_model, tmp_path):
+    """XLNet's relative positions have no limit: its config says -1."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(tiny_language_model, tmp_path, dirs_exist_ok=True)
+    config = transformers.XLNetConfig(
+        vocab_size=12, d_model=8, n_layer=1, n_head=2, d_inner=16, pad_token_id=0
+    )
+    assert config.max_position_embeddings == -1
+    transformers.XLNetModel(config).save_pretrained(tmp_path)
+    X, tokens, _ = token_activations(["sparse codes one feature"], tmp_path, layer=1)
+    assert X.shape == (4, 8) and tokens.tolist() == ["sparse", "codes", "one", "feature"]
+
+
 def test_long_texts_are_truncated_to_the_position_embeddings(tiny_language_model):
     text = " ".join(["sparse codes"] * 40)
     X, _, positions = token_activations([text], tiny_language_model, layer=1)
