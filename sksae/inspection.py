@@ -383,8 +383,9 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
         Data to encode, dense or scipy.sparse CSR/CSC; its rows are images.
     features : sequence of int
         Indices of the latents to show, one grid row each.
-    image_shape : tuple of (int, int)
-        Height and width of one image; their product is ``n_features``.
+    image_shape : tuple of (int, int) or (int, int, int)
+        Height and width of one image, and its channels (1, 3 for RGB, 4 for RGBA) if
+        it has several; their product is ``n_features``.
     n : int, default=8
         Number of rows of ``X`` per latent (at most ``n_samples``).
     fig : matplotlib.figure.Figure or None, default=None
@@ -412,7 +413,7 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     """
     plt = _pyplot("plot_top_activations")
     X = _validate(model, X)
-    _check_image_shape(image_shape, X.shape[1])
+    _check_image_shape(image_shape, X.shape[1], channels=True)
     if is_int(features):
         raise TypeError(f"features must be a list of latents, got {features!r}: pass [{features}].")
     features = list(features)
@@ -462,15 +463,18 @@ def _check_n(n):
         raise ValueError(f"n must be a positive integer, got n={n!r}.")
 
 
-def _check_image_shape(image_shape, n_features):
+def _check_image_shape(image_shape, n_features, channels=False):
+    """``channels``: ``(height, width, channels)`` is allowed too, with the 1, 3 (RGB) or
+    4 (RGBA) channels ``imshow`` draws."""
+    shapes = "(height, width)" + (" or (height, width, 1, 3 or 4)" if channels else "")
     if not (
         isinstance(image_shape, tuple | list)
-        and len(image_shape) == 2
+        and (len(image_shape) == 2 or (channels and len(image_shape) == 3))
         and all(is_int(side) and side > 0 for side in image_shape)
+        and (len(image_shape) == 2 or image_shape[2] in (1, 3, 4))
     ):
         raise ValueError(
-            f"image_shape must be a (height, width) tuple of positive integers, got "
-            f"{image_shape!r}."
+            f"image_shape must be a {shapes} tuple of positive integers, got {image_shape!r}."
         )
     if int(np.prod(image_shape)) != n_features:
         raise ValueError(

@@ -250,7 +250,8 @@ def test_clear_errors(model, data, hand_model):
     for image_shape in [16, (16,), (2, 2, 4)]:
         with pytest.raises(ValueError, match=r"image_shape must be a \(height, width\) tuple"):
             plot_dictionary(model, image_shape)
-        with pytest.raises(ValueError, match=r"image_shape must be a \(height, width\) tuple"):
+    for image_shape in [16, (16,), (2, 4, 2), (1, 2, 2, 4)]:
+        with pytest.raises(ValueError, match=r"must be a \(height, width\) or \(height, w"):
             plot_top_activations(model, X, [0], image_shape)
     with pytest.raises(ValueError, match="feature=64"):
         plot_top_activations(model, X, [0, 64], (4, 4))
@@ -336,6 +337,10 @@ def test_plot_top_activations(model, data, pyplot):
     assert [ax.get_title() for ax in second_row] == [f"{a:.3g}" for a in activations]
     np.testing.assert_array_equal(second_row[0].images[0].get_array(), X[rows[0]].reshape(4, 4))
     assert n_images(plot_top_activations(model, X[:3], [1], (4, 4), n=8)) == 3
+    # Images with channels: RGBA, and a single one.
+    colour = np.clip(X, 0, 1)
+    for image_shape in [(2, 2, 4), (4, 4, 1)]:
+        assert n_images(plot_top_activations(model, colour, [1], image_shape, n=2)) == 2
 
 
 @pytest.mark.parametrize("baseline", [False, True])
