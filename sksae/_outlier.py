@@ -172,11 +172,13 @@ feature_names_in_
         self._offset_coder = self._coder()
 
     def _coder(self):
-        """The inference parameters that shape :meth:`score_samples`."""
+        """What shapes :meth:`score_samples`: the algorithm, and the number of candidates
+        pursuit weighs (not ``transform_n_candidates`` itself: ``None`` and ``4 * k`` give
+        the same scores)."""
         pursuit = self.transform_algorithm == "pursuit"
         return {
             "transform_algorithm": self.transform_algorithm,
-            "transform_n_candidates": self.transform_n_candidates if pursuit else None,
+            "n_candidates": self._n_candidates() if pursuit else None,
         }
 
     def _offset(self, scores):
@@ -201,11 +203,13 @@ feature_names_in_
         Raises
         ------
         ValueError
-            If ``transform_algorithm`` (or, for ``"pursuit"``,
-            ``transform_n_candidates``) changed since ``offset_`` was set: the scores of
-            another coder do not fit its threshold, and ``contamination`` would not hold.
+            If ``transform_algorithm`` (or, for ``"pursuit"``, the number of candidates
+            ``transform_n_candidates`` gives) changed since ``offset_`` was set: the
+            scores of another coder do not fit its threshold, and ``contamination``
+            would not hold.
         """
         check_is_fitted(self)
+        self._check_inference_params()
         # None: a model saved before sksae recorded the coder.
         scored_with, coder = getattr(self, "_offset_coder", None), self._coder()
         if scored_with is not None and scored_with != coder:

@@ -1251,19 +1251,27 @@ class SparseAutoencoderTransformer(
 
     def _encoder(self):
         """``encode(model, x)``: the code of a chunk of rows by ``transform_algorithm``."""
+        self._check_inference_params()
+        if self.transform_algorithm == "encoder":
+            return lambda model, x: model.encode(x)
+        fitted = self._fitted_sparsifier_params
+        self._check_transform_params(fitted["activation"], fitted.get("k", 0))
+        n_candidates = self._n_candidates()
+        return lambda model, x: model.pursue(x, n_candidates)
+
+    def _check_inference_params(self):
         # The parameters of inference may change after fit: checked at each use.
         validate_parameter_constraints(
             {name: self._parameter_constraints[name] for name in _INFERENCE_PARAMS},
             {name: getattr(self, name) for name in _INFERENCE_PARAMS},
             caller_name=type(self).__name__,
         )
-        if self.transform_algorithm == "encoder":
-            return lambda model, x: model.encode(x)
-        fitted = self._fitted_sparsifier_params
-        k = fitted.get("k", 0)
-        self._check_transform_params(fitted["activation"], k)
-        n_candidates = min(self.transform_n_candidates or 4 * k, self.components_.shape[0])
-        return lambda model, x: model.pursue(x, n_candidates)
+
+    def _n_candidates(self):
+        """The atoms ``"pursuit"`` weighs per sample: ``transform_n_candidates``, or
+        ``4 * k``, at most ``n_components``."""
+        k = self._fitted_sparsifier_params.get("k", 0)
+        return min(self.transform_n_candidates or 4 * k, self.components_.shape[0])
 
     @property
     def _n_features_out(self):

@@ -76,9 +76,14 @@ def test_the_threshold_belongs_to_the_coder_that_set_it(clean_data, tmp_path):
     assert detector.score_samples(clean_data).shape == (3000,)  # compares coders
     detector.fit(clean_data)
     assert np.mean(detector.predict(clean_data) == -1) == pytest.approx(0.1, abs=0.01)
-    detector.set_params(transform_n_candidates=8)
-    with pytest.raises(ValueError, match=r"transform_n_candidates=None \(now 8\)"):
-        detector.decision_function(clean_data)
+    # k=4: None means 16 candidates; at most n_components=64 count.
+    detector.set_params(transform_n_candidates=16).predict(clean_data)
+    for n_candidates, used in [(8, 8), (100, 64)]:
+        detector.set_params(transform_n_candidates=n_candidates)
+        with pytest.raises(ValueError, match=rf"n_candidates=16 \(now {used}\)"):
+            detector.decision_function(clean_data)
+    with pytest.raises(ValueError, match="transform_n_candidates"):
+        detector.set_params(transform_n_candidates=0).predict(clean_data)  # validated first
     detector.set_params(transform_n_candidates=None)
     sksae.save(detector, tmp_path)
     loaded = sksae.load(tmp_path)
