@@ -165,11 +165,10 @@ feature_names_in_
         )
         self.contamination = contamination
 
-    def _finish_fit(self, X):
-        # The threshold follows the model: after every fit, partial fit or interruption;
+    def _derived_attributes(self, X):
+        # The threshold follows the model, at every epoch of fit and every partial fit;
         # and it belongs to the coder that scored the training data.
-        self.offset_ = self._offset(-self._squared_errors(X))
-        self._offset_coder = self._coder()
+        return {"offset_": self._offset(-self._squared_errors(X)), "_offset_coder": self._coder()}
 
     def _coder(self):
         """What shapes :meth:`score_samples`: the algorithm, and the number of candidates

@@ -1,5 +1,6 @@
 """SparseAutoencoderTransformer: a sparse autoencoder as a scikit-learn transformer."""
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -11,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 import torch
+from sklearn import get_config
 from sklearn.base import (
     BaseEstimator,
     ClassNamePrefixFeaturesOutMixin,
@@ -268,10 +270,11 @@ class SparseAutoencoderTransformer(
         cheapest step past the encoder (4 to 5 times its cost in benchmarks).
 
     sparse_output : bool, default=False
-        Return the codes of ``transform`` as a ``scipy.sparse.csr_array`` (as
-        :class:`~sklearn.preprocessing.OneHotEncoder` does), built chunk by chunk from the
-        active latents: no dense ``(n_samples, n_components)`` array is ever made, and
-        the codes take ``nnz * (value + index bytes)`` of memory (see
+        Return the codes of ``transform`` in scipy.sparse CSR format: a ``csr_matrix``,
+        or a ``csr_array`` under ``sklearn.set_config(sparse_interface="sparray")``, as
+        :class:`~sklearn.preprocessing.OneHotEncoder` does. They are built chunk by
+        chunk from the active latents: no dense ``(n_samples, n_components)`` array is
+        ever made, and the codes take ``nnz * (value + index bytes)`` of memory (see
         :func:`sksae.metrics.compression_ratio`). ``inverse_transform`` takes them back.
 
     device : str, default="cpu"
@@ -548,6 +551,10 @@ class SparseAutoencoderTransformer(
                 scale = self.input_scale_
             else:
                 scale = self._input_scale(X)
+                # The epochs' fitted_estimator (sklearn's callbacks) is a copy of this
+                # estimator with the epoch's attributes set: a threshold_ of the last fit
+                # would outlive a refit whose activation has none.
+                self.__dict__.pop("threshold_", None)
             X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
             if resumed is not None:
@@ -581,7 +588,6 @@ class SparseAutoencoderTransformer(
                 history,
                 progress,
             )
-            self._finish_fit(X)
         if interrupted:
             raise KeyboardInterrupt
         return self
@@ -686,7 +692,7 @@ class SparseAutoencoderTransformer(
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
-                self._set_fitted(last_epoch())
+                self.__dict__.update(last_epoch())
                 fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
                 return True
             history = history.after_pass(stats.loss, X_fit.shape[0])
@@ -709,10 +715,11 @@ class SparseAutoencoderTransformer(
                 cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
                 trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
             snapshot.capture(trainer)
+            finished = epoch + 1 == self.max_iter or trainer.schedule.finished(trainer.n_steps)
             # What resuming after this epoch needs; early stopping's best-so-far weights
-            # are not kept, so its fits do not resume.
+            # are not kept, so its fits do not resume, nor does a fit after its last epoch.
             resume_from = None
-            if X_val_rows is None:
+            if X_val_rows is None and not finished:
                 resume_from = {
                     "seed": progress["seed"],
                     "n_samples": X_fit.shape[0],
@@ -724,6 +731,7 @@ class SparseAutoencoderTransformer(
                 }
             last_epoch = partial(
                 self._epoch_attributes,
+                X,
                 snapshot,
                 stats,
                 history,
@@ -736,26 +744,22 @@ class SparseAutoencoderTransformer(
             stop = epoch_ctx.call_on_fit_task_end(
                 estimator=self, X=X, reconstruction_attributes=last_epoch
             )
-            if stop or trainer.schedule.finished(trainer.n_steps):
+            if stop or finished:
                 break
         if last_epoch is not None:
-            self._set_fitted(last_epoch())
-        # The fit ran to its end: a warm start trains anew.
+            self.__dict__.update(last_epoch())
+        # The fit ran to its end (or a callback ended it): a warm start trains anew.
         self._fit_progress = None
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         return False
 
-    def _set_fitted(self, attributes):
-        """Take a model's fitted attributes; a refit drops the last one's ``threshold_``
-        where the new activation has none."""
-        if "threshold_" not in attributes:
-            self.__dict__.pop("threshold_", None)
-        self.__dict__.update(attributes)
-
-    def _epoch_attributes(self, snapshot, stats, history, validation_scores, best, scale, progress):
-        """The fitted attributes of an epoch of ``fit`` from its :class:`HostSnapshot`,
-        with the weights of the best-validated epoch (``best``: its snapshot, stats and
-        score) under early stopping, and the ``progress`` a resumed fit starts from."""
+    def _epoch_attributes(
+        self, X, snapshot, stats, history, validation_scores, best, scale, progress
+    ):
+        """The fitted attributes of an epoch of ``fit`` on ``X`` from its
+        :class:`HostSnapshot`, with the weights of the best-validated epoch (``best``: its
+        snapshot, stats and score) under early stopping, the ``progress`` a resumed fit
+        starts from, and the attributes derived from the model on ``X``."""
         attributes = self._fitted_attributes(snapshot.read(), stats, history, scale)
         attributes["_fit_progress"] = progress
         if best is not None:
@@ -765,6 +769,9 @@ class SparseAutoencoderTransformer(
             )
             attributes["validation_scores_"] = validation_scores
             attributes["best_validation_score_"] = best_score
+        epoch = copy.copy(self)
+        epoch.__dict__.update(attributes)
+        attributes.update(epoch._derived_attributes(X))
         return attributes
 
     def _print_epoch(self, epoch, stats, validation_scores):
@@ -825,8 +832,8 @@ class SparseAutoencoderTransformer(
             history = history.after_pass(stats.loss, X.shape[0])
             # One read: a HostSnapshot's page-locked buffers pay off only when reused.
             state = trainer.full_state()
-            self._set_fitted(self._fitted_attributes(state, stats, history, scale))
-            self._finish_fit(X)
+            self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
+            self.__dict__.update(self._derived_attributes(X))
         return self
 
     def _history(self):
@@ -878,9 +885,11 @@ class SparseAutoencoderTransformer(
             learning_rate_warmup_steps=self.learning_rate_warmup_steps,
         )
 
-    def _finish_fit(self, X):
-        """Hook for subclasses: called with the validated training data once ``fit`` or
-        ``partial_fit`` has set the fitted attributes, within their rollback."""
+    def _derived_attributes(self, X):
+        """Hook for subclasses: fitted attributes computed from the model this estimator
+        holds and its validated training data ``X`` (an outlier detector's threshold),
+        at the end of ``partial_fit`` and of each epoch of ``fit``."""
+        return {}
 
     def _resumed_trainer(self, device):
         """A trainer of the fitted model that continues its optimiser state.
@@ -1152,9 +1161,9 @@ class SparseAutoencoderTransformer(
 
         Returns
         -------
-        codes : ndarray or scipy.sparse.csr_array of shape (n_samples, n_components)
+        codes : {ndarray, sparse matrix} of shape (n_samples, n_components)
             Sparse codes (mostly zeros), in the dtype of ``X`` (float32 or float64); a
-            CSR array when ``sparse_output`` is True.
+            CSR matrix (or array, see ``sparse_output``) when ``sparse_output`` is True.
         """
         return self._transform_validated(self._validate_input(X))
 
@@ -1172,7 +1181,8 @@ class SparseAutoencoderTransformer(
             ]
         codes = sp.vstack(chunks, format="csr")
         codes.sort_indices()
-        return codes
+        # scikit-learn's sparse outputs follow its sparse_interface configuration.
+        return codes if get_config()["sparse_interface"] == "sparray" else sp.csr_matrix(codes)
 
     def inverse_transform(self, X):
         """Reconstruct data from codes: ``X @ components_ + decoder_bias_``.
@@ -1346,6 +1356,10 @@ def _check_magnitude(X, name):
     Finite but huge inputs would otherwise turn into infinite losses, codes or scores
     deep inside the computation. The bound leaves a factor of 1000 of headroom.
     """
+    if sp.issparse(X) and not X.has_canonical_format:
+        # max and min would sum the duplicates of the caller's matrix in place; the copy
+        # is the validated X, whose duplicates later steps may sum too.
+        X = X.copy()
     largest = max(abs(float(X.max())), abs(float(X.min())))
     bound = math.sqrt(np.finfo(X.dtype).max / (1e3 * X.shape[1]))
     if largest > bound:

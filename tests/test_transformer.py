@@ -7,6 +7,7 @@ import tracemalloc
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sklearn
 import torch
 from scipy.optimize import nnls
 from sklearn.base import clone
@@ -425,6 +426,63 @@ def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
     assert sae.transform(X).shape == (len(X), 64)
 
 
+class _KeepEpochModels(_EpochCallback):
+    """Keeps each epoch's ``fitted_estimator``."""
+
+    def __init__(self):
+        self.models = []
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator):
+        if context.task_name == "epoch":
+            self.models.append(fitted_estimator)
+
+
+@pytest.mark.parametrize("before, after", [("batchtopk", "topk"), ("jumprelu", "relu")])
+def test_the_epochs_of_a_refit_are_models_of_its_activation(superposition_small, before, after):
+    """Each epoch's model is a copy of the estimator, which held the last fit's
+    threshold_: it must not outlive a refit whose activation has none."""
+    X, _ = superposition_small
+    sae = _sae(activation=before, max_iter=1).fit(X)
+    epochs = _KeepEpochModels()
+    sae.set_params(activation=after, max_iter=2).set_callbacks(epochs).fit(X)
+    for model in epochs.models:
+        assert not hasattr(model, "threshold_")
+        assert model.score(X) > 0
+    assert not hasattr(sae, "threshold_")
+
+
+@pytest.mark.parametrize("stop", ["max_iter", "plateau"])
+def test_the_last_epoch_holds_no_progress_to_resume(superposition_small, stop):
+    """The model of the epoch that ends the fit is the fitted model: warm_start trains it
+    on (max_iter more epochs), it does not 'resume' a finished fit."""
+    X, _ = superposition_small
+    params = {"max_iter": 3} if stop == "max_iter" else {"max_iter": 100, "tol": 1.0}
+    epochs = _KeepEpochModels()
+    sae = _sae(**params).set_callbacks(epochs).fit(X)
+    assert len(epochs.models) == sae.n_iter_ < 100
+    assert [model._fit_progress is None for model in epochs.models[-2:]] == [False, True]
+    last = epochs.models[-1].set_callbacks()
+    np.testing.assert_array_equal(last.components_, sae.components_)
+    last.set_params(warm_start=True, max_iter=2).fit(X)
+    assert last.n_iter_ == sae.n_iter_ + 2
+
+
+def test_input_is_never_rewritten():
+    """scipy sums the duplicates of a CSR matrix in place for max and min."""
+    X = sp.csr_array(
+        (np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1]), np.array([0, 2, 3])), shape=(2, 3)
+    )
+    X = sp.vstack([X] * 50, format="csr")
+    assert not X.has_canonical_format
+    data, indices = X.data.copy(), X.indices.copy()
+    sae = _sae(n_components=8, k=2, max_iter=1).fit(X)
+    sae.transform(X)
+    sae.score(X)
+    assert not X.has_canonical_format
+    np.testing.assert_array_equal(X.data, data)
+    np.testing.assert_array_equal(X.indices, indices)
+
+
 @pytest.mark.parametrize("max_iter", [5, 20])
 def test_batchtopk_keeps_k_active_latents_on_average_on_held_out_data(max_iter):
     # 100 steps at max_iter=5: a plain moving average of the threshold from the first
@@ -646,7 +704,12 @@ def test_sparse_output_holds_the_dense_codes(superposition_small, activation):
     sae = _sae(**params).fit(X)
     dense = sae.transform(X)
     codes = sae.set_params(sparse_output=True).transform(X)
-    assert isinstance(codes, sp.csr_array) and codes.has_sorted_indices
+    # scikit-learn's sparse outputs are matrices unless configured otherwise.
+    assert isinstance(codes, sp.csr_matrix) and codes.has_sorted_indices
+    with sklearn.config_context(sparse_interface="sparray"):
+        as_array = sae.transform(X)
+    assert isinstance(as_array, sp.csr_array) and as_array.has_sorted_indices
+    np.testing.assert_array_equal(as_array.toarray(), codes.toarray())
     assert codes.dtype == np.float32 and codes.nnz == np.count_nonzero(dense)
     np.testing.assert_array_equal(codes.toarray(), dense)
     np.testing.assert_array_equal(sae.inverse_transform(codes), sae.inverse_transform(dense))
