@@ -16,6 +16,32 @@ def superposition_small():
     return X.astype(np.float32), directions
 
 
+class _EpochModels:
+    """A ``sklearn.callback`` FitCallback keeping each epoch's ``fitted_estimator``."""
+
+    def __init__(self):
+        self.models = []
+
+    def setup(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator):
+        if context.task_name == "epoch":
+            self.models.append(fitted_estimator)
+
+    def teardown(self, estimator, context):
+        pass
+
+
+@pytest.fixture
+def epoch_models():
+    """A callback for ``set_callbacks`` whose ``models`` are the fit's epochs' models."""
+    return _EpochModels()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
 

@@ -92,35 +92,16 @@ def test_the_threshold_belongs_to_the_coder_that_set_it(clean_data, tmp_path):
         loaded.set_params(transform_algorithm="encoder").predict(clean_data)
 
 
-def test_each_epoch_model_has_its_own_threshold(clean_data):
+def test_each_epoch_model_has_its_own_threshold(clean_data, epoch_models):
     """sklearn's callbacks get each epoch's model, ready to predict."""
-
-    class KeepEpochModels:  # a sklearn.callback.FitCallback
-        def __init__(self):
-            self.models = []
-
-        def setup(self, estimator, context):
-            pass
-
-        def on_fit_task_begin(self, estimator, context, **kwargs):
-            pass
-
-        def on_fit_task_end(self, estimator, context, *, fitted_estimator):
-            if context.task_name == "epoch":
-                self.models.append(fitted_estimator)
-
-        def teardown(self, estimator, context):
-            pass
-
-    epochs = KeepEpochModels()
     detector = SparseAutoencoderOutlierDetector(
         n_components=64, max_iter=2, contamination=0.1, random_state=0
     )
     detector.fit(clean_data[:1000])  # a refit must not keep this fit's threshold
-    detector.set_callbacks(epochs).fit(clean_data)
-    offsets = [model.offset_ for model in epochs.models]
+    detector.set_callbacks(epoch_models).fit(clean_data)
+    offsets = [model.offset_ for model in epoch_models.models]
     assert len(set(offsets)) == 2 and offsets[-1] == detector.offset_
-    for model in epochs.models:
+    for model in epoch_models.models:
         assert np.mean(model.predict(clean_data) == -1) == pytest.approx(0.1, abs=0.01)
 
 

@@ -426,42 +426,32 @@ def test_callback_stopping_the_fit_leaves_a_usable_model(superposition_small):
     assert sae.transform(X).shape == (len(X), 64)
 
 
-class _KeepEpochModels(_EpochCallback):
-    """Keeps each epoch's ``fitted_estimator``."""
-
-    def __init__(self):
-        self.models = []
-
-    def on_fit_task_end(self, estimator, context, *, fitted_estimator):
-        if context.task_name == "epoch":
-            self.models.append(fitted_estimator)
-
-
 @pytest.mark.parametrize("before, after", [("batchtopk", "topk"), ("jumprelu", "relu")])
-def test_the_epochs_of_a_refit_are_models_of_its_activation(superposition_small, before, after):
+def test_the_epochs_of_a_refit_are_models_of_its_activation(
+    superposition_small, epoch_models, before, after
+):
     """Each epoch's model is a copy of the estimator, which held the last fit's
     threshold_: it must not outlive a refit whose activation has none."""
     X, _ = superposition_small
     sae = _sae(activation=before, max_iter=1).fit(X)
-    epochs = _KeepEpochModels()
-    sae.set_params(activation=after, max_iter=2).set_callbacks(epochs).fit(X)
-    for model in epochs.models:
+    sae.set_params(activation=after, max_iter=2).set_callbacks(epoch_models).fit(X)
+    for model in epoch_models.models:
         assert not hasattr(model, "threshold_")
         assert model.score(X) > 0
     assert not hasattr(sae, "threshold_")
 
 
 @pytest.mark.parametrize("stop", ["max_iter", "plateau"])
-def test_the_last_epoch_holds_no_progress_to_resume(superposition_small, stop):
+def test_the_last_epoch_holds_no_progress_to_resume(superposition_small, epoch_models, stop):
     """The model of the epoch that ends the fit is the fitted model: warm_start trains it
     on (max_iter more epochs), it does not 'resume' a finished fit."""
     X, _ = superposition_small
     params = {"max_iter": 3} if stop == "max_iter" else {"max_iter": 100, "tol": 1.0}
-    epochs = _KeepEpochModels()
-    sae = _sae(**params).set_callbacks(epochs).fit(X)
-    assert len(epochs.models) == sae.n_iter_ < 100
-    assert [model._fit_progress is None for model in epochs.models[-2:]] == [False, True]
-    last = epochs.models[-1].set_callbacks()
+    sae = _sae(**params).set_callbacks(epoch_models).fit(X)
+    epochs = epoch_models.models
+    assert len(epochs) == sae.n_iter_ < 100
+    assert [model._fit_progress is None for model in epochs[-2:]] == [False, True]
+    last = epochs[-1].set_callbacks()
     np.testing.assert_array_equal(last.components_, sae.components_)
     last.set_params(warm_start=True, max_iter=2).fit(X)
     assert last.n_iter_ == sae.n_iter_ + 2
