@@ -32,7 +32,7 @@ X_train, X_test = train_test_split(X, test_size=0.25, random_state=0)
 n_test = len(X_test)
 
 # %%
-# Sparse codes: one SAE per sparsity ``k``, codes returned as a CSR array
+# Sparse codes: one SAE per sparsity ``k``, codes returned in CSR format
 # (``sparse_output=True``), with the encoder's codes and with pursuit over the same
 # dictionary (``transform_algorithm="pursuit"``, chosen after the fit).
 sae_points = {"SAE encoder": [], "SAE pursuit": []}

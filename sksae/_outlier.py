@@ -8,7 +8,7 @@ from sklearn.base import OutlierMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._transformer import SparseAutoencoderTransformer
+from ._transformer import SparseAutoencoderTransformer, _changes
 
 #: Tukey's "far out" fence: with ``contamination="auto"`` a sample is an outlier when its
 #: reconstruction error exceeds the third quartile of the training errors by more than
@@ -212,11 +212,7 @@ feature_names_in_
         # None: a model saved before sksae recorded the coder.
         scored_with, coder = getattr(self, "_offset_coder", None), self._coder()
         if scored_with is not None and scored_with != coder:
-            changed = ", ".join(
-                f"{name}={value!r} (now {coder[name]!r})"
-                for name, value in scored_with.items()
-                if value != coder[name]
-            )
+            changed = ", ".join(_changes(scored_with, coder, sorted(coder), "now"))
             raise ValueError(
                 f"offset_ was set on scores with {changed}: another coder's scores do not "
                 "fit that threshold. Set them back, or fit again; score_samples compares "

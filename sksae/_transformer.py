@@ -748,6 +748,11 @@ class SparseAutoencoderTransformer(
                 break
         if last_epoch is not None:
             self.__dict__.update(last_epoch())
+        else:
+            # A resumed fit with no epoch left to run (a checkpoint of its last epoch,
+            # as sksae wrote them before it recorded no progress there): the derived
+            # attributes follow its parameters all the same.
+            self.__dict__.update(self._derived_attributes(X))
         # The fit ran to its end (or a callback ended it): a warm start trains anew.
         self._fit_progress = None
         fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
@@ -1441,9 +1446,14 @@ def _rollback_on_error(estimator):
     try:
         yield
     except BaseException:
-        for key in set(estimator.__dict__) - set(saved) - _CALLBACK_ATTRIBUTES:
-            del estimator.__dict__[key]
+        callback_state = {
+            key: value for key, value in estimator.__dict__.items() if key in _CALLBACK_ATTRIBUTES
+        }
+        # In the saved order too: a pickle or a saved configuration of the estimator is
+        # then byte for byte the one before.
+        estimator.__dict__.clear()
         estimator.__dict__.update(
             {key: value for key, value in saved.items() if key not in _CALLBACK_ATTRIBUTES}
         )
+        estimator.__dict__.update(callback_state)
         raise

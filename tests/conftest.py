@@ -17,10 +17,12 @@ def superposition_small():
 
 
 class _EpochModels:
-    """A ``sklearn.callback`` FitCallback keeping each epoch's ``fitted_estimator``."""
+    """A ``sklearn.callback`` FitCallback keeping each epoch's ``fitted_estimator``, and
+    stopping the fit after ``stop_after`` epochs if set."""
 
     def __init__(self):
         self.models = []
+        self.stop_after = None
 
     def setup(self, estimator, context):
         pass
@@ -31,6 +33,7 @@ class _EpochModels:
     def on_fit_task_end(self, estimator, context, *, fitted_estimator):
         if context.task_name == "epoch":
             self.models.append(fitted_estimator)
+            return len(self.models) == self.stop_after
 
     def teardown(self, estimator, context):
         pass
@@ -38,7 +41,8 @@ class _EpochModels:
 
 @pytest.fixture
 def epoch_models():
-    """A callback for ``set_callbacks`` whose ``models`` are the fit's epochs' models."""
+    """A callback for ``set_callbacks`` whose ``models`` are the fit's epochs' models
+    (set its ``stop_after`` to stop the fit)."""
     return _EpochModels()
 
 

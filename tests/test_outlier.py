@@ -105,6 +105,45 @@ def test_each_epoch_model_has_its_own_threshold(clean_data, epoch_models):
         assert np.mean(model.predict(clean_data) == -1) == pytest.approx(0.1, abs=0.01)
 
 
+def test_the_threshold_is_that_of_the_weights_kept_by_early_stopping(
+    superposition_small, epoch_models
+):
+    X, _ = superposition_small
+    # A learning rate this high makes the validation score go up and down; stopped
+    # before the learning rate decays, as the last epochs would do best.
+    epoch_models.stop_after = 12
+    detector = SparseAutoencoderOutlierDetector(
+        n_components=64,
+        k=3,
+        max_iter=100,
+        early_stopping=True,
+        learning_rate=0.05,
+        max_no_improvement=None,
+        contamination=0.1,
+        random_state=0,
+    )
+    detector.set_callbacks(epoch_models).fit(X)
+    assert np.argmax(detector.validation_scores_) < detector.n_iter_ - 1
+    assert detector.offset_ == np.percentile(detector.score_samples(X), 10.0)
+
+
+def test_a_resumed_fit_with_no_epoch_left_sets_its_threshold(clean_data, epoch_models):
+    """Until f1d99ea the checkpoint of a fit's last epoch recorded progress: resuming
+    one runs no epoch, and must still set the threshold, with its contamination."""
+    detector = SparseAutoencoderOutlierDetector(
+        n_components=64, max_iter=2, max_no_improvement=None, random_state=0
+    )
+    detector.set_callbacks(epoch_models).fit(clean_data)
+    first, last = epoch_models.models
+    old_checkpoint = last.set_callbacks()
+    old_checkpoint._fit_progress = {**first._fit_progress, "epoch": 2}
+    del old_checkpoint.offset_
+    old_checkpoint.set_params(warm_start=True, contamination=0.1).fit(clean_data)
+    assert old_checkpoint.n_iter_ == 2
+    np.testing.assert_array_equal(old_checkpoint.components_, detector.components_)
+    assert np.mean(old_checkpoint.predict(clean_data) == -1) == pytest.approx(0.1, abs=0.01)
+
+
 def test_partial_fit_sets_the_threshold_from_its_batch(clean_data):
     detector = SparseAutoencoderOutlierDetector(n_components=64, contamination=0.1)
     detector.partial_fit(clean_data[:1000]).partial_fit(clean_data[1000:2000])
