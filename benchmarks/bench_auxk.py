@@ -21,6 +21,7 @@ Run from the repository root::
 
 import argparse
 import datetime
+import math
 import os
 
 import numpy as np
@@ -65,7 +66,8 @@ def main(argv=None):
         n_components = 8 * n_sources
         dead_auxk, fvu_auxk, epochs_auxk = fit(X, n_components, k, 1 / 32, args.seed, args.max_iter)
         dead_none, fvu_none, epochs_none = fit(X, n_components, k, 0.0, args.seed, args.max_iter)
-        ratio = dead_none / dead_auxk if dead_auxk > 0 else float("inf")
+        # inf: AuxK revived every latent that died without it; nan: none died either way.
+        ratio = dead_none / dead_auxk if dead_auxk > 0 else math.inf if dead_none else math.nan
         data = f"({n_samples}, {n_features}, {n_sources}, {n_active})"
         print(
             f"{data:<44}{n_components:>8}{k:>4}{dead_auxk:>11.3f}{dead_none:>11.3f}"

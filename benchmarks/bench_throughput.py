@@ -4,10 +4,12 @@ Shape (issue #5): batches of B=4096 rows, d=512 features, n=4096 latents, k=32.
 A dense training step costs about ``12 * B * d * n`` FLOPs (six ``[B,d]x[d,n]``-sized
 products, forward and backward of the encoder and the decoder). For each row the script
 reports steps per second and the *dense-equivalent rate*, ``12 * B * d * n * steps/s``,
-as a fraction of the in-process matmul limit measured in the same run (the best rate of
-the three product shapes a step uses). A dense step can at most reach about 1.0; a TopK
-step that touches only the ``k`` chosen latents in the decoder and in the encoder's
-backward pass can go beyond it (its floor is one dense encoder matmul and a topk).
+as a fraction of the in-process matmul limit measured in the same run (the sustained
+rate of the three product shapes a step uses, total FLOPs over total time). A dense
+step does five of the six products (the input's gradient is not needed), so it tops out
+near 1.2; a TopK step that touches only the ``k`` chosen latents in the decoder and in
+the encoder's backward pass can go beyond it (its floor is one dense encoder matmul and
+a topk).
 
 Rows, for float32 and float64:
 
@@ -25,8 +27,8 @@ memory, whose faults cost about 20 ms a step per ``[B, n]`` float32 tensor here.
 
 Run from the repository root::
 
-    python benchmarks/bench_throughput.py            # 16 steps per row, 3 rounds: ~12 min
-    python benchmarks/bench_throughput.py --float32-only    # about 5 min
+    python benchmarks/bench_throughput.py            # 16 steps per row, 3 rounds: ~15 min
+    python benchmarks/bench_throughput.py --float32-only    # ~6 min
     python benchmarks/bench_throughput.py --quick    # 4 steps per row, float32 only
 """
 
