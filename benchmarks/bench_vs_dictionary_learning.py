@@ -21,7 +21,7 @@ reconstruction, L0 (mean nonzeros per sample), MMCS of the dictionary against th
 directions, and the fraction of atoms unused on the whole data ("dead"). Ratios are taken
 against row 2 measured in the same run: fit time / MBDL fit time (lower is faster), and
 the transform speed-up over MBDL's lasso_lars and over OMP on MBDL's dictionary (higher
-is faster).
+is faster). The peers' coders run with ``n_jobs=-1``, on every core, as torch does.
 
 Run from the repository root (see ``benchmarks/README.rst``)::
 
@@ -147,6 +147,8 @@ def bench_mbdl(X, directions, seed, early_stopping=True):
         batch_size=256,
         max_iter=3,
         transform_algorithm="lasso_lars",
+        # Every core, as torch uses them: its sparse coding runs in parallel over samples.
+        n_jobs=-1,
         random_state=seed,
         **stopping,
     )
@@ -173,7 +175,10 @@ def bench_omp(name, X, directions, dictionary, offset=None):
     the bias is added back to the reconstruction (MBDL's dictionary has no offset).
     """
     coder = SparseCoder(
-        dictionary=dictionary, transform_algorithm="omp", transform_n_nonzero_coefs=N_ACTIVE
+        dictionary=dictionary,
+        transform_algorithm="omp",
+        transform_n_nonzero_coefs=N_ACTIVE,
+        n_jobs=-1,
     )
     X_coded = X if offset is None else X - offset
     codes, transform_s = best_time(lambda: coder.transform(X_coded))
