@@ -749,8 +749,8 @@ class SparseAutoencoderTransformer(
         if last_epoch is not None:
             self.__dict__.update(last_epoch())
         else:
-            # A resumed fit with no epoch left to run (a checkpoint of its last epoch,
-            # as sksae wrote them before it recorded no progress there): the derived
+            # A resumed fit with no epoch left to run (a checkpoint of a fit's last
+            # epoch, which earlier versions wrote with progress to resume): the derived
             # attributes follow its parameters all the same.
             self.__dict__.update(self._derived_attributes(X))
         # The fit ran to its end (or a callback ended it): a warm start trains anew.
