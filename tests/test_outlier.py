@@ -111,7 +111,7 @@ def test_the_threshold_is_that_of_the_weights_kept_by_early_stopping(
     X, _ = superposition_small
     # A learning rate this high makes the validation score go up and down; stopped
     # before the learning rate decays, as the last epochs would do best.
-    epoch_models.stop_after = 12
+    epoch_models.stop_after = 11
     detector = SparseAutoencoderOutlierDetector(
         n_components=64,
         k=3,
