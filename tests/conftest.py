@@ -1,4 +1,7 @@
 import sys
+import threading
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +47,56 @@ def epoch_models():
     """A callback for ``set_callbacks`` whose ``models`` are the fit's epochs' models
     (set its ``stop_after`` to stop the fit)."""
     return _EpochModels()
+
+
+_PROC_STATUS = Path("/proc/self/status")
+
+
+def _anonymous_resident_bytes():
+    """The process's resident anonymous memory (Linux's ``RssAnon``): the heap, numpy's
+    arrays and torch's tensors, but not the pages of a memory-mapped file it reads."""
+    for line in _PROC_STATUS.read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def _peak_memory(fn):
+    """``(fn(), peak)``: the most memory ``fn`` held at once beyond what was in use when
+    it started, in bytes.
+
+    That is the larger of what Python and numpy allocated (tracemalloc, exact) and of
+    the growth of the resident anonymous memory (sampled every millisecond, where Linux
+    reports it), which sees torch's tensors too. Call ``fn`` once on small data first:
+    the modules and caches a first call sets up would count.
+    """
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.wait(0.001):
+            samples.append(_anonymous_resident_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True) if _PROC_STATUS.exists() else None
+    before = _anonymous_resident_bytes() if sampler else 0
+    tracemalloc.start()
+    if sampler:
+        sampler.start()
+    try:
+        result = fn()
+        traced = tracemalloc.get_traced_memory()[1]
+    finally:
+        done.set()
+        if sampler:
+            sampler.join()
+        tracemalloc.stop()
+    return result, max(traced, max(samples, default=before) - before)
+
+
+@pytest.fixture
+def peak_memory():
+    """:func:`_peak_memory`: ``peak_memory(fn)`` is ``(fn(), peak)``, the peak extra
+    memory in bytes while ``fn`` ran, torch's allocations included on Linux."""
+    return _peak_memory
 
 
 def pytest_configure(config):

@@ -3,8 +3,6 @@
 Each test starts a LocalCluster of two worker processes (about 5 s).
 """
 
-import tracemalloc
-
 import joblib
 import numpy as np
 import pytest
@@ -69,7 +67,7 @@ def test_grid_search_on_a_dask_cluster_finds_what_one_process_finds(cluster_clie
 
 
 @pytest.mark.parametrize("cluster_client", ["300MiB"], indirect=True)
-def test_a_dask_array_larger_than_a_worker_trains_block_by_block(cluster_client):
+def test_a_dask_array_larger_than_a_worker_trains_block_by_block(cluster_client, peak_memory):
     n_samples, n_features, n_sources, block_rows = 1_600_000, 64, 128, 20_000
     rng = np.random.default_rng(0)
     directions = rng.standard_normal((n_sources, n_features))
@@ -85,15 +83,16 @@ def test_a_dask_array_larger_than_a_worker_trains_block_by_block(cluster_client)
 
     sae = SparseAutoencoderTransformer(n_components=256, k=4, batch_size=2048, random_state=0)
     blocks = iter(X.blocks)
-    # The first call also imports parts of torch lazily, whose objects tracemalloc counts.
+    # The first call also imports parts of torch lazily, which would count.
     sae.partial_fit(next(blocks).compute())
-    tracemalloc.start()
-    for block in blocks:  # the recipe: one computed block at a time
-        sae.partial_fit(block.compute())
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    block_bytes = block_rows * n_features * 4
-    assert peak < 8 * block_bytes  # a few blocks' worth, never the array
+
+    def train():
+        for block in blocks:  # the recipe: one computed block at a time
+            sae.partial_fit(block.compute())
+
+    _, peak = peak_memory(train)
+    # A few blocks' worth (5 MB each), and the client's buffers: never the array.
+    assert peak < X.nbytes / 4
     sample = X.blocks[-1].compute()
     assert fvu(sample, sae.inverse_transform(sae.transform(sample))) < 0.2
     assert mmcs(directions, sae.components_) > 0.95

@@ -2,7 +2,6 @@
 
 import copy
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -131,7 +130,7 @@ def test_sparse_input_sparse_output_and_float32_agree_with_dense(model, data, sm
     )
 
 
-def test_top_activating_per_feature_memory_stays_bounded():
+def test_top_activating_per_feature_memory_stays_bounded(peak_memory):
     X = make_sparse_superposition(
         n_samples=50_000, n_features=16, n_sources=32, n_active=3, random_state=0
     ).astype(np.float32)
@@ -140,12 +139,7 @@ def test_top_activating_per_feature_memory_stays_bounded():
     )
     full_code_bytes = X.shape[0] * 1024 * np.dtype(np.float32).itemsize  # 205 MB
     top_activating_per_feature(model, X[:10])  # imports and caches are not the point
-    tracemalloc.start()
-    try:
-        rows, _ = top_activating_per_feature(model, X)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (rows, _), peak = peak_memory(lambda: top_activating_per_feature(model, X))
     assert rows.shape == (1024, 20)
     assert peak < full_code_bytes / 3, f"peak {peak / 1e6:.0f} MB"
 

@@ -369,6 +369,10 @@ def _folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec):
     return grad_weight, grad_bias if needs_b_enc else None, grad_b_dec
 
 
+#: Rows of the data whose distances to the median are taken at a time.
+_MEDIAN_BLOCK_ROWS = 256
+
+
 def geometric_median(X, *, max_iter=100, tol=1e-6):
     """Geometric median of the rows of ``X`` by Weiszfeld's iterations, in float64.
 
@@ -384,10 +388,14 @@ def geometric_median(X, *, max_iter=100, tol=1e-6):
     tensor([0.5000, 0.5000], dtype=torch.float64)
     """
     X = X.to(torch.float64)
+    # The distances by blocks of rows and the weighted sum as a product: temporaries
+    # the size of X would double or triple the memory the median takes.
+    blocks = X.split(_MEDIAN_BLOCK_ROWS)
     median = X.mean(dim=0)
     for _ in range(max_iter):
-        weights = 1.0 / (X - median).norm(dim=1).clamp_min(1e-12)
-        updated = (weights[:, None] * X).sum(dim=0) / weights.sum()
+        distances = torch.cat([(block - median).norm(dim=1) for block in blocks])
+        weights = 1.0 / distances.clamp_min(1e-12)
+        updated = weights @ X / weights.sum()
         shift = (updated - median).norm()
         median = updated
         if shift <= tol * (1.0 + median.norm()):
