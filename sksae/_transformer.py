@@ -31,6 +31,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from ._nn.batches import (
     as_dense,
+    is_memory_mapped,
     map_chunks,
     map_rows,
     rows_per_chunk,
@@ -51,8 +52,11 @@ from ._nn.training import (
 )
 from ._validation import Integers
 
-#: Input dtypes kept as they are (any other numeric type becomes float64).
+#: The dtypes of fitted models and of their outputs.
 _FLOAT_DTYPES = [np.float64, np.float32]
+#: Input dtypes kept as they are, in either byte order (big-endian files, FITS or HDF5,
+#: stream as memory maps too); any other numeric type becomes float64.
+_INPUT_DTYPES = [*_FLOAT_DTYPES, *(np.dtype(dtype).newbyteorder() for dtype in _FLOAT_DTYPES)]
 #: scipy.sparse formats taken as they are; others are converted to CSR.
 _SPARSE_FORMATS = ("csr", "csc")
 #: Rows drawn from the data to place the initial decoder bias at their geometric median:
@@ -539,7 +543,7 @@ class SparseAutoencoderTransformer(
         warm = self.warm_start and hasattr(self, "components_")
         resumed = self.__dict__.get("_fit_progress") if warm else None
         with _rollback_on_error(self):
-            X = self._validate_training_data(X, new_model=not warm)
+            X, dtype = self._validate_training_data(X, new_model=not warm)
             self._check_sparsifier_params()
             device = self._torch_device()
             if resumed is not None:
@@ -555,7 +559,7 @@ class SparseAutoencoderTransformer(
                 # estimator with the epoch's attributes set: a threshold_ of the last fit
                 # would outlive a refit whose activation has none.
                 self.__dict__.pop("threshold_", None)
-            X_fit, X_val = self._split_validation(_scaled(X, scale), generator)
+            X_fit, X_val = self._split_validation(_scaled(X, scale, dtype), generator)
             planned_steps = self.max_iter * math.ceil(X_fit.shape[0] / self.batch_size)
             if resumed is not None:
                 trainer = self._resumed_trainer(device)
@@ -571,7 +575,7 @@ class SparseAutoencoderTransformer(
                     trainer = self._resumed_trainer(device)
                     history = self._history()
                 else:
-                    model = self._new_model(X_fit, generator, device)
+                    model = self._new_model(X_fit, generator, device, dtype)
                     trainer = self._new_trainer(model, None)
                     history = _History([], 0, 0)
                 trainer.schedule = self._planned_schedule(
@@ -626,11 +630,19 @@ class SparseAutoencoderTransformer(
             )
 
     def _validate_training_data(self, X, *, new_model):
-        """``X`` validated for training: float32 or float64 for a new model, cast to the
-        dtype of the fitted one that continues (before the check of its magnitude)."""
-        dtype = _FLOAT_DTYPES if new_model else self.components_.dtype
-        X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=dtype, reset=new_model)
-        return _check_magnitude(X, "X")
+        """``(X, dtype)``: ``X`` validated for training, in the ``dtype`` of the model it
+        trains (float32 or float64 as ``X`` is for a new model, the fitted one's for a
+        model that continues).
+
+        A memory map is left as it is, its batches cast one at a time: a cast of it whole
+        would be the copy it exists to avoid.
+        """
+        X = validate_data(
+            self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=new_model
+        )
+        dtype = X.dtype.newbyteorder("=") if new_model else self.components_.dtype
+        X = _check_magnitude(X, "X", dtype)
+        return (X if is_memory_mapped(X) else X.astype(dtype, copy=False)), dtype
 
     def _split_validation(self, X, generator):
         """``(X_fit, X_val)``: a random ``validation_fraction`` held out for early
@@ -672,9 +684,9 @@ class SparseAutoencoderTransformer(
         the estimator then holds the last completed epoch. One within the first epoch
         propagates.
         """
-        device = trainer.model.W_dec.device
-        X_rows = training_rows(X_fit, device)
-        X_val_rows = None if X_val is None else training_rows(X_val, device)
+        device, dtype = trainer.model.W_dec.device, trainer.model.W_dec.dtype
+        X_rows = training_rows(X_fit, device, dtype)
+        X_val_rows = None if X_val is None else training_rows(X_val, device, dtype)
         steps_per_epoch = math.ceil(X_fit.shape[0] / self.batch_size)
         first_epoch = progress["epoch"]
         fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
@@ -817,14 +829,14 @@ class SparseAutoencoderTransformer(
         with _rollback_on_error(self):
             # _fit_context validates parameters on the first call only.
             self._validate_params()
-            X = self._validate_training_data(X, new_model=first_call)
+            X, dtype = self._validate_training_data(X, new_model=first_call)
             self._check_sparsifier_params()
             device = self._torch_device()
             if first_call:
                 history = _History([], 0, 0)
                 scale = self._input_scale(X)
                 generator = torch.Generator().manual_seed(_seed(self.random_state))
-                model = self._new_model(_scaled(X, scale), generator, device)
+                model = self._new_model(_scaled(X, scale, dtype), generator, device, dtype)
                 trainer = self._new_trainer(model, None)
             else:
                 history = self._history()
@@ -833,7 +845,8 @@ class SparseAutoencoderTransformer(
                 trainer = self._resumed_trainer(device)
                 scale = self.input_scale_
             trainer.schedule = self._partial_fit_schedule(trainer, history.n_samples_seen)
-            stats = self._train_pass(trainer, training_rows(_scaled(X, scale), device), None)
+            rows = training_rows(_scaled(X, scale, dtype), device, trainer.model.W_dec.dtype)
+            stats = self._train_pass(trainer, rows, None)
             history = history.after_pass(stats.loss, X.shape[0])
             # One read: a HostSnapshot's page-locked buffers pay off only when reused.
             state = trainer.full_state()
@@ -1053,8 +1066,8 @@ class SparseAutoencoderTransformer(
                 "(warm_start=False) to train a new model."
             )
 
-    def _new_model(self, X, generator, device):
-        torch_dtype = torch.float32 if X.dtype == np.float32 else torch.float64
+    def _new_model(self, X, generator, device, dtype):
+        torch_dtype = torch.float32 if dtype == np.float32 else torch.float64
         model = SparseAutoencoder(
             X.shape[1],
             self.n_components,
@@ -1064,7 +1077,7 @@ class SparseAutoencoderTransformer(
         )
         n_rows = min(_MEDIAN_SAMPLE_ROWS, rows_per_chunk(X.shape[1], _MEDIAN_SAMPLE_VALUES))
         rows = torch.randperm(X.shape[0], generator=generator)[:n_rows]
-        sample = torch.from_numpy(as_dense(X[np.sort(rows.numpy())]))
+        sample = to_tensor(as_dense(X[np.sort(rows.numpy())]), "cpu", torch_dtype)
         model.reset_parameters(generator, b_dec=geometric_median(sample))
         return model
 
@@ -1074,7 +1087,7 @@ class SparseAutoencoderTransformer(
         When ``training``, the module works on copies: training must never write into
         the fitted arrays, as a failed call rolls back to them.
         """
-        dtype = self.components_.dtype if dtype is None else dtype
+        dtype = np.dtype(self.components_.dtype if dtype is None else dtype).newbyteorder("=")
         scale = self.input_scale_ if training else 1.0
         kept = self.__dict__.get("_training_units") or {}
 
@@ -1150,7 +1163,7 @@ class SparseAutoencoderTransformer(
 
     def _validate_input(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES, reset=False)
+        X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=False)
         return _check_magnitude(X, "X")
 
     def transform(self, X):
@@ -1355,8 +1368,9 @@ def _set_weights(
     return estimator
 
 
-def _check_magnitude(X, name):
-    """Refuse values whose squares, summed over a row, would overflow ``X``'s dtype.
+def _check_magnitude(X, name, dtype=None):
+    """Refuse values whose squares, summed over a row, would overflow ``dtype`` (default:
+    that of ``X``).
 
     Finite but huge inputs would otherwise turn into infinite losses, codes or scores
     deep inside the computation. The bound leaves a factor of 1000 of headroom.
@@ -1366,10 +1380,11 @@ def _check_magnitude(X, name):
         # is the validated X, whose duplicates later steps may sum too.
         X = X.copy()
     largest = max(abs(float(X.max())), abs(float(X.min())))
-    bound = math.sqrt(np.finfo(X.dtype).max / (1e3 * X.shape[1]))
+    dtype = np.dtype(X.dtype if dtype is None else dtype).newbyteorder("=")
+    bound = math.sqrt(np.finfo(dtype).max / (1e3 * X.shape[1]))
     if largest > bound:
         raise ValueError(
-            f"{name} holds values up to {largest:.3g} in magnitude, beyond what {X.dtype} "
+            f"{name} holds values up to {largest:.3g} in magnitude, beyond what {dtype} "
             f"arithmetic on {X.shape[1]} features can square and sum ({bound:.3g}); scale "
             "the data first (for example with StandardScaler)."
         )
@@ -1381,9 +1396,10 @@ def _make_sparsifier(params, **state):
     return SPARSIFIERS[params.pop("activation")](**params, **state)
 
 
-def _scaled(array, scale):
-    """``array * scale``, without a copy when the scale is 1."""
-    return array if scale == 1.0 else array * scale
+def _scaled(array, scale, dtype):
+    """``array * scale`` in ``dtype`` (cast, then scaled, as the batches of an unscaled
+    memory map are), without a copy when the scale is 1."""
+    return array if scale == 1.0 else array.astype(dtype, copy=False) * scale
 
 
 def _seed(random_state):

@@ -2,7 +2,6 @@
 
 import itertools
 import pickle
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -671,18 +670,6 @@ def test_sparse_input_is_scored_like_its_dense_twin_far_from_the_origin(fmt):
     assert sae.score(fmt(X)) == pytest.approx(sae.score(X), rel=1e-9)
 
 
-def _traced_peak(fn):
-    """``fn()`` and the peak of the memory Python and numpy allocated while it ran.
-
-    Call ``fn`` once on small data first: the modules a first fit imports would count.
-    """
-    tracemalloc.start()
-    try:
-        return fn(), tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("activation", [*ACTIVATIONS, "pursuit"])
 def test_sparse_output_holds_the_dense_codes(superposition_small, activation):
     X, _ = superposition_small
@@ -706,46 +693,88 @@ def test_sparse_output_holds_the_dense_codes(superposition_small, activation):
     assert sp.issparse(sae.fit_transform(X))
 
 
-def test_sparse_output_never_makes_the_dense_codes():
+def test_sparse_output_never_makes_the_dense_codes(peak_memory):
     X = np.random.default_rng(0).standard_normal((20_000, 8)).astype(np.float32)
     sae = _sae(n_components=4096, k=2, max_iter=1, sparse_output=True).fit(X[:2000])
     sae.transform(X[:10])
-    codes, peak = _traced_peak(lambda: sae.transform(X))
+    codes, peak = peak_memory(lambda: sae.transform(X))
     assert codes.nnz <= 2 * len(X)
     # Dense codes would be 328 MB; the CSR array is 0.4 MB, and one chunk's dense
-    # pre-activations (256 x 4096 floats) 4 MB.
-    assert peak < 20e6
+    # pre-activations (256 x 4096 floats) 4 MB, with the allocators' slack: 12-25 MB.
+    assert peak < 40e6
 
 
-def test_sparse_input_is_never_densified_whole():
+def test_sparse_input_is_never_densified_whole(peak_memory):
     rng = np.random.default_rng(0)
     # 1.6 GB as a dense float32 array; 5 MB as CSR.
     X = sp.random_array((100_000, 4000), density=1e-3, dtype=np.float32, rng=rng, format="csr")
     sae = _sae(n_components=32, k=4, max_iter=1, early_stopping=True)
     sae.fit(X[:1000]).transform(X[:1000])
-    codes, peak = _traced_peak(lambda: sae.fit(X).transform(X))
+    codes, peak = peak_memory(lambda: sae.fit(X).transform(X))
     assert codes.shape == (100_000, 32)
     # What is allocated is bounded by rows, not by the data: the codes (13 MB), one
     # minibatch or chunk at a time, and the rows whose geometric median starts b_dec
-    # (1048 here, 17 MB). The peak measured 24 MB: under 40 MB, 2.5% of the dense data.
+    # (1048 here: 17 MB, and 34 MB as float64). The peak measured 70 MB, 4% of the
+    # dense data.
     dense_bytes = X.shape[0] * X.shape[1] * 4
-    assert peak < dense_bytes / 40
+    assert peak < dense_bytes / 10
 
 
-def test_a_memory_map_trains_and_encodes_in_bounded_memory(tmp_path):
-    X = make_sparse_superposition(60_000, 256, 512, 5, random_state=0).astype(np.float32)
-    path = tmp_path / "activations.npy"
-    np.save(path, X)
-    mapped = np.load(path, mmap_mode="r")  # 61 MB on disk, read-only
+def _memory_map(path, X, layout):
+    """``X`` saved to ``path`` and memory-mapped back in ``layout``."""
+    if layout == "column slice":
+        np.save(path, np.hstack([X, X[:, :8]]))
+        return np.load(path, mmap_mode="r+")[:, : X.shape[1]]
+    stored = {
+        "read-only": X,
+        "writeable": X,
+        "Fortran order": np.asfortranarray(X),
+        "big-endian": X.astype(X.dtype.newbyteorder()),
+    }[layout]
+    np.save(path, stored)
+    return np.load(path, mmap_mode="r" if layout == "read-only" else "r+")
+
+
+@pytest.fixture(scope="module")
+def activations_60k():
+    # 61 MB as float32.
+    return make_sparse_superposition(60_000, 256, 512, 5, random_state=0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "layout", ["read-only", "writeable", "Fortran order", "column slice", "big-endian"]
+)
+def test_a_memory_map_trains_and_encodes_in_bounded_memory(
+    tmp_path, activations_60k, layout, peak_memory
+):
+    X = activations_60k
+    mapped = _memory_map(tmp_path / "activations.npy", X, layout)
     expected = _sae(n_components=64, k=4, max_iter=1).fit(X)
     sae = _sae(n_components=64, k=4, max_iter=1)
     sae.fit(mapped[:1000]).transform(mapped[:1000])
-    codes, peak = _traced_peak(lambda: sae.fit(mapped).transform(mapped))
+    codes, peak = peak_memory(lambda: sae.fit(mapped).transform(mapped))
     # One batch, one chunk, the 4096 rows of the median sample (4 MB) and the codes
     # (15 MB): far less than the 61 MB a copy of the data would take.
     assert peak < X.nbytes / 2
     np.testing.assert_array_equal(sae.components_, expected.components_)
+    assert codes.dtype == np.float32
     np.testing.assert_array_equal(codes, expected.transform(X))
+
+
+def test_a_model_continues_on_a_memory_map_of_another_dtype_in_bounded_memory(
+    tmp_path, activations_60k, peak_memory
+):
+    X = activations_60k.astype(np.float64)
+    np.save(tmp_path / "activations.npy", X)
+    mapped = np.load(tmp_path / "activations.npy", mmap_mode="r")  # 123 MB
+    expected = _sae(n_components=64, k=4).partial_fit(activations_60k[:1000])
+    expected.partial_fit(activations_60k)
+    sae = _sae(n_components=64, k=4).partial_fit(activations_60k[:1000])
+    _, peak = peak_memory(lambda: sae.partial_fit(mapped))
+    # Chunks of the statistics (16 MB) where a float32 copy of the map would be 61 MB.
+    assert peak < X.nbytes / 4
+    assert sae.components_.dtype == np.float32
+    np.testing.assert_array_equal(sae.components_, expected.components_)
 
 
 # ---------------------------------------------------------------- interruption and warm start
@@ -1104,7 +1133,7 @@ def test_a_warm_fit_checks_the_data_in_the_fitted_dtype():
     sae.set_params(warm_start=True)
     with pytest.raises(ValueError, match="beyond what float32 arithmetic"):
         sae.fit(X * 1e20)  # finite in float32, but its squares are not
-    with np.errstate(over="ignore", invalid="ignore"), pytest.raises(ValueError, match="infinity"):
+    with pytest.raises(ValueError, match=r"values up to .*e\+39 .* beyond what float32"):
         sae.fit(X * 1e39)  # infinite in float32
     assert _state(sae.set_params(warm_start=False)) == state
 

@@ -2,10 +2,12 @@
 
 Training data is a :class:`DenseRows` (one tensor on the device; batches are views or
 one gather) or a :class:`HostRows` (a memory map or a scipy.sparse matrix left on the
-host, read and densified one batch at a time); :func:`training_rows` picks. Both give
-``len``, ``take(index)`` for a slice or a tensor of row indices, and the statistics the
-loop reports against.
+host, read, densified and cast one batch at a time); :func:`training_rows` picks. Both
+give ``len``, ``take(index)`` for a slice or a tensor of row indices, and the
+statistics the loop reports against.
 """
+
+import mmap
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,16 +48,19 @@ def squared_norm_sum(rows):
     return torch.linalg.vector_norm(rows, dim=1).square().sum(dtype=torch.float64)
 
 
-def to_tensor(X, device):
-    """A numpy array as a contiguous torch tensor on ``device``.
+def to_tensor(X, device, dtype=None):
+    """A numpy array as a contiguous torch tensor on ``device``, in ``dtype`` (a torch
+    dtype; default: that of ``X``).
 
-    No copy on the CPU when ``X`` is C-contiguous and writeable; a read-only array (a
-    memory map, say) is copied, as torch tensors cannot be read-only.
+    No copy on the CPU when ``X`` is C-contiguous, writeable, in the machine's byte order
+    and in ``dtype``; a read-only array (a memory map, say) is copied, as torch tensors
+    cannot be read-only, and so is a big-endian one, which torch cannot read.
     """
-    X = np.require(X, requirements="C")  # np.ascontiguousarray would make a 0-d array 1-d
+    # np.ascontiguousarray would make a 0-d array 1-d.
+    X = np.require(X, dtype=X.dtype.newbyteorder("="), requirements="C")
     if not X.flags.writeable:
         X = X.copy()
-    return torch.from_numpy(X).to(device)
+    return torch.from_numpy(X).to(device, dtype)
 
 
 def as_dense(X):
@@ -65,11 +70,33 @@ def as_dense(X):
     return X.toarray(order="C") if sp.issparse(X) else X
 
 
-def training_rows(X, device):
-    """The rows of a numpy array, a memory map or a scipy.sparse matrix, for training."""
-    if sp.issparse(X) or isinstance(X, np.memmap) or not X.flags.writeable:
-        return HostRows(X, device)
-    return DenseRows(to_tensor(X, device))
+def is_memory_mapped(X):
+    """Whether the numpy array ``X`` reads a memory map (is one, or a view of one).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae._nn.batches import is_memory_mapped
+    >>> is_memory_mapped(np.zeros(3))
+    False
+    """
+    while X is not None:
+        if isinstance(X, np.memmap | mmap.mmap):
+            return True
+        X = getattr(X, "base", None)
+    return False
+
+
+def training_rows(X, device, dtype):
+    """The rows of a numpy array, a memory map or a scipy.sparse matrix, for training in
+    the torch ``dtype``.
+
+    A memory map stays on the host whatever its layout, mode and dtype: a copy of it
+    whole, to the device, in C order or in ``dtype``, is what it exists to avoid.
+    """
+    if sp.issparse(X) or is_memory_mapped(X) or not X.flags.writeable:
+        return HostRows(X, device, dtype)
+    return DenseRows(to_tensor(X, device, dtype))
 
 
 class DenseRows:
@@ -131,8 +158,9 @@ class DenseRows:
 class HostRows:
     """Rows left on the host (a memory map, a scipy.sparse matrix), read one batch at a time.
 
-    Only the rows of a batch are copied, densified if sparse, and moved to the device,
-    so data larger than memory, or than its dense form, trains in bounded memory.
+    Only the rows of a batch are copied, densified if sparse, cast to ``dtype`` (a torch
+    dtype) and moved to the device, so data larger than memory, or than its dense form,
+    trains in bounded memory.
     Shuffled batches read scattered rows, which a disk serves more slowly than a
     contiguous file.
 
@@ -140,14 +168,16 @@ class HostRows:
     --------
     >>> import scipy.sparse as sp
     >>> from sksae._nn.batches import HostRows
-    >>> rows = HostRows(sp.csr_array([[0.0, 2.0], [2.0, 0.0]]), device="cpu")
-    >>> rows.take(slice(0, 1)).tolist(), rows.variance()
-    ([[0.0, 2.0]], 2.0)
+    >>> import torch
+    >>> rows = HostRows(sp.csr_array([[0.0, 2.0], [2.0, 0.0]]), "cpu", torch.float32)
+    >>> rows.take(slice(0, 1)), rows.variance()
+    (tensor([[0., 2.]]), 2.0)
     """
 
-    def __init__(self, X, device):
+    def __init__(self, X, device, dtype):
         self.X = sp.csr_array(X) if sp.issparse(X) else X
         self.device = torch.device(device)
+        self.dtype = dtype
         self._variance = None
 
     def __len__(self):
@@ -156,13 +186,10 @@ class HostRows:
     def take(self, index):
         if isinstance(index, torch.Tensor):
             index = index.cpu().numpy()
-        # A writeable copy: rows of a read-only memory map cannot back a tensor.
-        rows = np.require(as_dense(self.X[index]), requirements="CW")
-        return torch.from_numpy(rows).to(self.device)
+        return to_tensor(as_dense(self.X[index]), self.device, self.dtype)
 
     def mean(self):
-        mean = column_means(self.X)
-        return torch.from_numpy(mean).to(self.device, _torch_dtype(self.X.dtype))
+        return torch.from_numpy(column_means(self.X)).to(self.device, self.dtype)
 
     def variance(self):
         if self._variance is None:  # a pass over the data: once
@@ -292,13 +319,9 @@ def map_chunks(fn, X, *, device, chunk_rows=INFERENCE_CHUNK_ROWS):
     ...  map_chunks(lambda x: 2 * x, np.ones((5, 2)), device="cpu", chunk_rows=4)]
     [(0, 4, torch.Size([4, 2])), (4, 5, torch.Size([4, 2]))]
     """
-    staging = np.zeros((chunk_rows, X.shape[1]), dtype=X.dtype)
+    staging = np.zeros((chunk_rows, X.shape[1]), dtype=X.dtype.newbyteorder("="))
     for start in range(0, X.shape[0], chunk_rows):
         stop = min(start + chunk_rows, X.shape[0])
         staging[: stop - start] = as_dense(X[start:stop])
         staging[stop - start :] = 0
         yield start, stop, fn(to_tensor(staging, device))
-
-
-def _torch_dtype(numpy_dtype):
-    return torch.from_numpy(np.empty(0, dtype=numpy_dtype)).dtype
