@@ -41,6 +41,25 @@ def test_folded_bias_equals_the_textbook_encoder():
     torch.testing.assert_close(model.pre_activation(x), textbook)
 
 
+# The buffer in the model's dtype folds b_dec into the bias; in a lower one (autocast)
+# the input is centred first.
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.float32])
+def test_pre_activation_into_a_buffer_has_the_textbook_gradients(out_dtype):
+    model = _model(ReLU())
+    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(7, 20, dtype=torch.float64)
+    parameters = (x, model.W_enc, model.b_enc, model.b_dec)
+    textbook = (x - model.b_dec) @ model.W_enc.T + model.b_enc
+    expected = torch.autograd.grad((textbook * weights).sum(), parameters)
+    pre = model.pre_activation(x, out=torch.empty(7, 20, dtype=out_dtype))
+    assert pre.dtype == out_dtype
+    torch.testing.assert_close(pre, textbook.to(out_dtype))
+    grads = torch.autograd.grad((pre * weights.to(out_dtype)).sum(), parameters)
+    for grad, want in zip(grads, expected, strict=True):
+        assert grad.dtype == torch.float64
+        torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-5)
+
+
 def test_sparse_decode_equals_dense_decode_with_gradients():
     model = _model(TopK(k=3))
     x = torch.randn(7, 6, dtype=torch.float64)

@@ -229,6 +229,18 @@ def test_bfloat16_autocast_trains_as_well_as_float32(superposition_small, activa
     )
 
 
+@pytest.mark.parametrize("activation", ["topk", "relu"])  # sparse and dense paths
+def test_bfloat16_autocast_trains_as_well_far_from_the_origin(superposition_small, activation):
+    # The encoder's product must see centred data: with b_dec folded into its bias in
+    # bfloat16, x @ W^T and W @ b_dec cancel to rounding (scores 0.79 and 0.99 fell to
+    # 0.60 and 0.94).
+    X = superposition_small[0] + np.float32(200.0)
+    params = dict(activation=activation, n_components=128, max_iter=10, alpha=0.01)
+    exact = _sae(**params).fit(X)
+    mixed = _sae(**params, autocast_dtype="bfloat16").fit(X)
+    assert mixed.score(X) == pytest.approx(exact.score(X), abs=0.003)
+
+
 def test_jumprelu_thresholds_learn_alike_under_bfloat16_autocast():
     # bfloat16 pre-activations are about as far apart as the kernel is wide near these
     # thresholds. Without the thresholds' offsets each step, they settled low: L0 19.9
