@@ -60,6 +60,21 @@ def test_pre_activation_into_a_buffer_has_the_textbook_gradients(out_dtype):
         torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "sparsifier",
+    [ReLU(), TopK(k=2), BatchTopK(k=2, threshold=torch.tensor(0.1)), JumpReLU(20, 0.1)],
+    ids=["relu", "topk", "batchtopk", "jumprelu"],
+)
+def test_inference_codes_need_no_grad_mode(sparsifier):
+    model = _model(sparsifier)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    code = model.encode(x)  # with autograd on, as a user's own loop may be
+    assert not code.values.requires_grad
+    with torch.no_grad():
+        expected = sparsifier.encode((x - model.b_dec) @ model.W_enc.T + model.b_enc)
+    torch.testing.assert_close(code.to_dense(20), expected.to_dense(20))
+
+
 def test_sparse_decode_equals_dense_decode_with_gradients():
     model = _model(TopK(k=3))
     x = torch.randn(7, 6, dtype=torch.float64)

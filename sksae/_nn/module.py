@@ -118,8 +118,11 @@ class SparseAutoencoder(torch.nn.Module):
         """``pre[b, indices[b, j]]``, differentiable through those entries alone."""
         return _SelectedEncoder.apply(x, self.W_enc, self.b_enc, self.b_dec, pre.detach(), indices)
 
+    @torch.no_grad()
     def encode(self, x):
-        """Inference code of each row of ``x`` (row-independent)."""
+        """Inference code of each row of ``x`` (row-independent), not differentiable:
+        training differentiates :meth:`training_code`, and JumpReLU's and BatchTopK's
+        inference codes are written over the pre-activations."""
         return self.sparsifier.encode(self.pre_activation(x))
 
     def pursue(self, x, n_candidates):
