@@ -1079,6 +1079,7 @@ class SparseAutoencoderTransformer(
         rows = torch.randperm(X.shape[0], generator=generator)[:n_rows]
         sample = to_tensor(as_dense(X[np.sort(rows.numpy())]), "cpu", torch_dtype)
         model.reset_parameters(generator, b_dec=geometric_median(sample))
+        model.scale_encoder_(sample)
         return model
 
     def _module(self, device, *, dtype=None, training=False):

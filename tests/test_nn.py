@@ -1,5 +1,6 @@
 """The torch backend on its own: module algebra, sparsifiers and the training loop."""
 
+import copy
 import math
 
 import numpy as np
@@ -329,6 +330,52 @@ def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():
     torch.testing.assert_close(model.decoder_norms(), torch.ones(20, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    "sparsifier",
+    [TopK(k=2), BatchTopK(k=2), JumpReLU(40, 0.001)],
+    ids=["topk", "batchtopk", "jumprelu"],
+)
+def test_the_encoder_scale_best_reconstructs_the_sample(sparsifier):
+    model = SparseAutoencoder(6, 40, sparsifier, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(300, 6, generator=generator, dtype=torch.float64) + 1.0
+    model.reset_parameters(generator, b_dec=sample.mean(dim=0))
+    tied = model.W_enc.clone()
+    model.scale_encoder_(sample)
+    factor = (model.W_enc / tied).detach()
+    torch.testing.assert_close(factor, torch.full_like(factor, factor[0, 0]))  # one factor
+    assert factor[0, 0] != 1.0
+    if isinstance(sparsifier, BatchTopK):
+        assert sparsifier.threshold.isnan()  # still to be learned, not set by the probe
+
+    def squared_error(scale):
+        encoder = SparseAutoencoder.from_tensors(
+            copy.deepcopy(sparsifier),
+            W_enc=model.W_enc * scale,
+            b_enc=model.b_enc,
+            W_dec=model.W_dec,
+            b_dec=model.b_dec,
+        )
+        code = encoder.training_code(sample, encoder.pre_activation(sample))
+        return (sample - encoder.decode(code)).square().sum().item()
+
+    # The least-squares scale: any other scales the same codes worse.
+    assert squared_error(1.0) < min(squared_error(0.95), squared_error(1.05))
+
+
+# Constant data, where every pre-activation is 0 and no code has a scale to fit; and ReLU,
+# whose L1 penalty wants the codes to start small.
+@pytest.mark.parametrize("sparsifier, offset", [(TopK(k=2), 0.0), (ReLU(), 1.0)])
+def test_the_encoder_keeps_its_scale_where_none_is_sought(sparsifier, offset):
+    model = SparseAutoencoder(4, 10, sparsifier, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    sample = offset * torch.randn(20, 4, generator=generator, dtype=torch.float64) + 1.0
+    model.reset_parameters(generator, b_dec=torch.ones(4, dtype=torch.float64))
+    tied = model.W_enc.clone()
+    model.scale_encoder_(sample)
+    torch.testing.assert_close(model.W_enc, tied, rtol=0, atol=0)
+
+
 def test_geometric_median_is_robust_to_outliers():
     X = torch.cat([torch.randn(200, 3, dtype=torch.float64) * 0.1, torch.full((20, 3), 1e3)])
     median = geometric_median(X)
@@ -351,10 +398,14 @@ def test_alpha_warms_up_and_the_learning_rate_decays_on_schedule():
     trainer = Trainer(_model(ReLU()), learning_rate=1e-3, alpha=2.0, schedule=schedule)
     alphas, learning_rates = [], []
     for _ in range(10):
-        alphas.append(trainer.alpha * schedule.alpha_factor(trainer.n_steps))
-        trainer.step(torch.randn(8, 6, dtype=torch.float64))
+        x = torch.randn(8, 6, dtype=torch.float64)
+        with torch.no_grad():  # the weight of the penalty in the objective
+            _, objective, squared_error, code = trainer.loss(x)
+            penalty = trainer.model.sparsifier.penalty(code, trainer.model.decoder_norms())
+            alphas.append(((objective - squared_error) / penalty).item())
+        trainer.step(x)
         learning_rates.append(trainer.optimizer.param_groups[0]["lr"])
-    assert alphas == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    assert alphas == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])
     assert learning_rates == pytest.approx([1e-3] * 7 + [7.5e-4, 5e-4, 2.5e-4])
     assert schedule.finished(10) and not schedule.finished(9)
 
