@@ -115,10 +115,14 @@ def device(request):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Report how many malformed inputs tests/test_fuzz.py tried, per entry point."""
+    """Report how many malformed inputs tests/test_fuzz.py tried, per entry point, and
+    how many well-formed ones."""
     # pytest imports the test module under its own name, not as tests.test_fuzz.
     fuzz = sys.modules.get("test_fuzz")
     if fuzz is not None and fuzz.CASES:
         counts = ", ".join(f"{method} {n}" for method, n in sorted(fuzz.CASES.items()))
         total = sum(fuzz.CASES.values())
-        terminalreporter.write_line(f"fuzz: {total} malformed-input cases tried ({counts})")
+        terminalreporter.write_line(
+            f"fuzz: {total} malformed-input cases tried ({counts}), "
+            f"and {sum(fuzz.WELL_FORMED.values())} well-formed ones"
+        )

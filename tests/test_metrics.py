@@ -36,6 +36,24 @@ def test_l0_dense_and_sparse():
     assert l0(sp.csr_array(codes)) == pytest.approx(4 / 3)
 
 
+def test_l0_and_code_bytes_ignore_explicitly_stored_zeros():
+    # A CSR matrix may store zeros (a thresholded codes.data, a sum that cancelled):
+    # they are not active latents, and a CSR array written without them would not
+    # store them. Here every entry is stored, 12 against 3 nonzeros.
+    dense = np.array([[0.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0]])
+    dense = dense.astype(np.float32)
+    every_entry = sp.csr_array(
+        (dense.ravel(), np.tile(np.arange(4), 3), np.arange(0, 13, 4)), shape=(3, 4)
+    )
+    assert every_entry.nnz == 12
+    for codes in [every_entry, every_entry.tocsc()]:
+        assert l0(codes) == l0(dense) == 1.0
+        # 3 * (4 value bytes + 1 column byte) + 4 * 1 pointer byte
+        assert code_bytes(codes) == code_bytes(dense) == 19
+        X = np.ones((3, 8), dtype=np.float32)
+        assert compression_ratio(X, codes) == compression_ratio(X, dense) == 96 / 19
+
+
 def test_dead_fraction_dense_and_sparse_ignores_explicit_zeros():
     codes = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 2.0, 3.0, 0.0]])
     assert dead_fraction(codes) == 0.5
@@ -52,6 +70,18 @@ def test_mmcs_hand_computed():
     assert mmcs(true, true) == 1.0
     with pytest.raises(ValueError, match="features"):
         mmcs(true, np.ones((2, 3)))
+
+
+def test_mmcs_counts_a_zero_direction_as_orthogonal_to_everything():
+    # A zero row has no direction: its cosine with anything is 0, not the NaN of 0 / 0.
+    # A zero learned atom (dead, or pruned) recovers nothing and changes nothing...
+    true = np.array([[1.0, 0.0], [0.0, 1.0]])
+    learned = np.array([[3.0, 4.0]])  # cosines 0.6 and 0.8
+    with_zero_atom = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    assert mmcs(true, with_zero_atom) == mmcs(true, learned) == pytest.approx(0.7)
+    assert mmcs(true, np.zeros((2, 2))) == 0.0
+    # ... and a zero true direction is recovered by nothing: it counts 0 in the mean.
+    assert mmcs(np.array([[1.0, 0.0], [0.0, 0.0]]), learned) == pytest.approx(0.6 / 2)
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -24,13 +25,19 @@ def _digit_split(outlier_digit):
 def test_default_detector_finds_an_unseen_digit():
     """Measured on this split when the project began: a plain TopK SAE reaches AUC 0.960
     for digit 9 and 0.969 on average; MiniBatchDictionaryLearning 0.917 / 0.956,
-    IsolationForest 0.700 / 0.742."""
+    IsolationForest 0.700 / 0.742.
+
+    The default detector, with random_state 0, 1, 2 and 3: digit 9 at 0.956, 0.967,
+    0.953 and 0.962, the mean over the digits 0.980, 0.977, 0.974 and 0.976
+    (measured 2026-12-02, with the encoder's least-squares initial scale). One digit
+    varies with the seed by more than the mean does: its bar is lower, still above
+    MiniBatchDictionaryLearning's 0.917."""
     aucs = []
     for digit in range(10):
         train, X_test, is_outlier = _digit_split(digit)
         detector = SparseAutoencoderOutlierDetector(random_state=0).fit(train)
         aucs.append(roc_auc_score(is_outlier, -detector.score_samples(X_test)))
-    assert aucs[9] >= 0.95
+    assert aucs[9] >= 0.93
     assert np.mean(aucs) >= 0.96
 
 
@@ -53,6 +60,58 @@ def test_auto_threshold_flags_gross_outliers_and_few_inliers(clean_data):
     np.testing.assert_allclose(
         detector.decision_function(gross), detector.score_samples(gross) - detector.offset_
     )
+
+
+def test_a_sample_scoring_exactly_the_threshold_is_an_inlier(clean_data):
+    """predict's rule: an inlier where decision_function >= 0, as in scikit-learn's
+    detectors (IsolationForest labels a score equal to its offset_ an inlier too)."""
+    detector = SparseAutoencoderOutlierDetector(n_components=64, max_iter=2, random_state=0)
+    X = clean_data[:50]
+    scores = detector.fit(X).score_samples(X)  # float32, as X
+    at = np.argsort(scores)[25]
+    detector.offset_ = float(scores[at])
+    assert detector.decision_function(X)[at] == 0.0
+    labels = detector.predict(X)
+    assert labels[at] == 1
+    np.testing.assert_array_equal(labels, np.where(scores >= scores[at], 1, -1))
+    # The next float32 above the sample's score: it is just below the threshold.
+    detector.offset_ = float(np.nextafter(scores[at], np.float32(np.inf)))
+    assert detector.decision_function(X)[at] < 0
+    assert detector.predict(X)[at] == -1
+
+
+def test_mean_norm_on_all_zero_training_data_keeps_the_data_unscaled():
+    """Zero rows have no norm to scale to sqrt(n_features): the input scale stays 1 (no
+    division by zero) and the fit is that of normalize_input="none". Every training
+    error is then 0, so is the threshold: the training rows lie on it, inliers, and a
+    row that reconstructs any worse is an outlier."""
+    zeros = np.zeros((300, 8), dtype=np.float32)
+    params = dict(n_components=16, k=2, max_iter=3, random_state=0)
+    detector = SparseAutoencoderOutlierDetector(normalize_input="mean_norm", **params)
+    detector.fit(zeros)
+    unscaled = SparseAutoencoderOutlierDetector(normalize_input="none", **params).fit(zeros)
+    assert detector.input_scale_ == 1.0
+    for name in ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]:
+        np.testing.assert_array_equal(getattr(detector, name), getattr(unscaled, name))
+    assert detector.offset_ == 0.0
+    assert (detector.predict(zeros) == 1).all()
+    gross = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    assert (detector.predict(gross) == -1).all()
+
+
+def test_device_auto_fits_on_the_cpu_without_a_gpu(clean_data, monkeypatch):
+    """device="auto" picks CUDA when torch sees a GPU, the CPU otherwise: on a machine
+    without one it fits, bit for bit, the model of device="cpu"."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    params = dict(n_components=64, max_iter=2, contamination=0.1, random_state=0)
+    auto = SparseAutoencoderOutlierDetector(device="auto", **params).fit(clean_data)
+    on_cpu = SparseAutoencoderOutlierDetector(device="cpu", **params).fit(clean_data)
+    np.testing.assert_array_equal(auto.components_, on_cpu.components_)
+    assert auto.offset_ == on_cpu.offset_
+    np.testing.assert_array_equal(auto.predict(clean_data), on_cpu.predict(clean_data))
+    # Where torch does see one, "auto" means CUDA.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto._torch_device() == torch.device("cuda")
 
 
 @pytest.mark.parametrize("contamination", [0.05, 0.2])
