@@ -94,8 +94,9 @@ class SparseAutoencoder(torch.nn.Module):
         encoder starts far off when latents outnumber features many times: several
         latents lie along each sample, each reconstructs most of it, and their sum
         overshoots. With 512 latents over 16 features, BatchTopK, where a large sample
-        takes many latents, and JumpReLU had first-epoch losses of 120 and 1200 (3 and 13
-        now) and ended 10 epochs at an FVU of 5.4 and 27 (0.22 and 0.02 now). The factor
+        takes many latents, and JumpReLU had first-epoch losses of 120 and 1200 without
+        the factor (3 and 13 with it) and ended 10 epochs at FVUs of 5.4 and 27 (0.22 and
+        0.02). The factor
         is kept only if positive and finite (no latent fires on constant data), and
         none is sought for a sparsifier whose codes should start small
         (:attr:`~sksae._nn.sparsifiers.Sparsifier.scaled_initial_encoder`).
@@ -110,10 +111,11 @@ class SparseAutoencoder(torch.nn.Module):
             W_dec=self.W_dec,
             b_dec=self.b_dec,
         )
-        along = torch.zeros((), dtype=torch.float64)
-        squared = torch.zeros((), dtype=torch.float64)
+        device = self.W_dec.device
+        along = torch.zeros((), dtype=torch.float64, device=device)
+        squared = torch.zeros((), dtype=torch.float64, device=device)
         for x in sample.split(rows_per_chunk(self.n_latents)):
-            x = x.to(self.W_dec.device)
+            x = x.to(device)
             code = probe.training_code(x, probe.pre_activation(x))
             directions = probe.decode_directions(code).to(torch.float64)
             along += directions.flatten() @ (x - self.b_dec).to(torch.float64).flatten()
