@@ -3,10 +3,13 @@
 import copy
 import dataclasses
 import math
+import signal
+import threading
 import warnings
 from contextlib import contextmanager
 from functools import partial
 from numbers import Real
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import numpy as np
@@ -525,7 +528,9 @@ class SparseAutoencoderTransformer(
         uninterrupted fit would have given (bit for bit on the CPU; without
         ``early_stopping``, whose best-so-far weights are not kept). A checkpoint the
         fit's callbacks save mid-fit (see :func:`sksae.save`) resumes alike after
-        loading. Interrupted within the first epoch, the estimator keeps the state it had
+        loading. A Ctrl-C while the fit records an epoch (its validation score, the host
+        copy of its weights) or sets the fitted attributes takes effect once they are
+        written. Interrupted within the first epoch, the estimator keeps the state it had
         before the call. Any other error leaves it as it was before the call, too.
 
         Parameters
@@ -682,7 +687,8 @@ class SparseAutoencoderTransformer(
 
         Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
         the estimator then holds the last completed epoch. One within the first epoch
-        propagates.
+        propagates. A Ctrl-C while an epoch's record or the fitted attributes are
+        written is held until they are whole: the epoch then counts as completed.
         """
         device, dtype = trainer.model.W_dec.device, trainer.model.W_dec.dtype
         X_rows = training_rows(X_fit, device, dtype)
@@ -696,79 +702,94 @@ class SparseAutoencoderTransformer(
         snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
         plateau.best, plateau.epochs_without_improvement = progress["plateau"]
+        interrupted = False
         for epoch in range(first_epoch, self.max_iter):
             epoch_ctx = fit_ctx.subcontext(task_name="epoch")
-            epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
             try:
+                epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
                 stats = self._train_pass(trainer, X_rows, generator)
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
-                self.__dict__.update(last_epoch())
-                fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
-                return True
-            history = history.after_pass(stats.loss, X_fit.shape[0])
-            monitored = stats.loss
-            if X_val_rows is not None:
-                monitored = evaluate_fvu(trainer.model, X_val_rows)
-                validation_scores.append(1.0 - monitored)
-                # The first epoch is the best so far even if its score is NaN (held-out
-                # rows all equal: no variance to explain).
-                if best_score is None or validation_scores[-1] > best_score:
-                    best.capture(trainer)
-                    best_stats, best_score = stats, validation_scores[-1]
-            if self.verbose:
-                self._print_epoch(epoch, stats, validation_scores)
-            # While alpha warms up the loss rises with it, and while the learning rate does
-            # its progress is no guide: no plateau can be judged yet.
-            warming_up = trainer.schedule.warming_up(trainer.n_steps)
-            cooling = trainer.schedule.decaying(trainer.n_steps)
-            if not warming_up and plateau.reached(monitored) and not cooling:
-                cool_down_epochs = math.ceil(_DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1))
-                trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
-            snapshot.capture(trainer)
-            finished = epoch + 1 == self.max_iter or trainer.schedule.finished(trainer.n_steps)
-            # What resuming after this epoch needs; early stopping's best-so-far weights
-            # are not kept, so its fits do not resume, nor does a fit after its last epoch.
-            resume_from = None
-            if X_val_rows is None and not finished:
-                resume_from = {
-                    "seed": progress["seed"],
-                    "n_samples": X_fit.shape[0],
-                    "epoch": epoch + 1,
-                    "generator": None if generator is None else generator.get_state().numpy(),
-                    "schedule": dataclasses.asdict(trainer.schedule),
-                    "plateau": (plateau.best, plateau.epochs_without_improvement),
-                    "params": self._training_params(),
-                }
-            last_epoch = partial(
-                self._epoch_attributes,
-                X,
-                snapshot,
-                stats,
-                history,
-                list(validation_scores),
-                (best, best_stats, best_score) if X_val_rows is not None else None,
-                scale,
-                resume_from,
-            )
-            # Evaluated by the callbacks only if one asks for a fitted estimator.
-            stop = epoch_ctx.call_on_fit_task_end(
-                estimator=self, X=X, reconstruction_attributes=last_epoch
-            )
+                interrupted = True
+                break
+            # The epoch's record (the host copies last_epoch reads) is written whole: a
+            # Ctrl-C meanwhile ends the fit after it, this epoch kept.
+            with _interrupts_held() as held:
+                history = history.after_pass(stats.loss, X_fit.shape[0])
+                monitored = stats.loss
+                if X_val_rows is not None:
+                    monitored = evaluate_fvu(trainer.model, X_val_rows)
+                    validation_scores.append(1.0 - monitored)
+                    # The first epoch is the best so far even if its score is NaN (held-out
+                    # rows all equal: no variance to explain).
+                    if best_score is None or validation_scores[-1] > best_score:
+                        best.capture(trainer)
+                        best_stats, best_score = stats, validation_scores[-1]
+                if self.verbose:
+                    self._print_epoch(epoch, stats, validation_scores)
+                # While alpha warms up the loss rises with it, and while the learning rate does
+                # its progress is no guide: no plateau can be judged yet.
+                warming_up = trainer.schedule.warming_up(trainer.n_steps)
+                cooling = trainer.schedule.decaying(trainer.n_steps)
+                if not warming_up and plateau.reached(monitored) and not cooling:
+                    cool_down_epochs = math.ceil(
+                        _DECAY_FRACTION / (1 - _DECAY_FRACTION) * (epoch + 1)
+                    )
+                    trainer.schedule.decay_over(trainer.n_steps, cool_down_epochs * steps_per_epoch)
+                snapshot.capture(trainer)
+                finished = epoch + 1 == self.max_iter or trainer.schedule.finished(trainer.n_steps)
+                # What resuming after this epoch needs; early stopping's best-so-far weights
+                # are not kept, so its fits do not resume, nor does a fit after its last epoch.
+                resume_from = None
+                if X_val_rows is None and not finished:
+                    resume_from = {
+                        "seed": progress["seed"],
+                        "n_samples": X_fit.shape[0],
+                        "epoch": epoch + 1,
+                        "generator": None if generator is None else generator.get_state().numpy(),
+                        "schedule": dataclasses.asdict(trainer.schedule),
+                        "plateau": (plateau.best, plateau.epochs_without_improvement),
+                        "params": self._training_params(),
+                    }
+                last_epoch = partial(
+                    self._epoch_attributes,
+                    X,
+                    snapshot,
+                    stats,
+                    history,
+                    list(validation_scores),
+                    (best, best_stats, best_score) if X_val_rows is not None else None,
+                    scale,
+                    resume_from,
+                )
+            if held.signalled:
+                interrupted = True
+                break
+            try:
+                # Evaluated by the callbacks only if one asks for a fitted estimator.
+                stop = epoch_ctx.call_on_fit_task_end(
+                    estimator=self, X=X, reconstruction_attributes=last_epoch
+                )
+            except KeyboardInterrupt:
+                interrupted = True
+                break
             if stop or finished:
                 break
-        if last_epoch is not None:
-            self.__dict__.update(last_epoch())
-        else:
-            # A resumed fit with no epoch left to run (a checkpoint of a fit's last
-            # epoch, which earlier versions wrote with progress to resume): the derived
-            # attributes follow its parameters all the same.
-            self.__dict__.update(self._derived_attributes(X))
-        # The fit ran to its end (or a callback ended it): a warm start trains anew.
-        self._fit_progress = None
-        fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
-        return False
+        with _interrupts_held() as held:
+            if last_epoch is not None:
+                self.__dict__.update(last_epoch())
+            else:
+                # A resumed fit with no epoch left to run (a checkpoint of a fit's last
+                # epoch, which earlier versions wrote with progress to resume): the
+                # derived attributes follow its parameters all the same.
+                self.__dict__.update(self._derived_attributes(X))
+            if not interrupted:
+                # The fit ran to its end (or a callback ended it): a warm start trains
+                # anew.
+                self._fit_progress = None
+            fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
+        return interrupted or held.signalled
 
     def _epoch_attributes(
         self, X, snapshot, stats, history, validation_scores, best, scale, progress
@@ -1450,6 +1471,32 @@ def _code_to_csr(code, n_rows, n_latents):
     active = values != 0
     indptr = np.concatenate([[0], np.cumsum(active.sum(axis=1))])
     return sp.csr_array((values[active], indices[active], indptr), shape=(n_rows, n_latents))
+
+
+@contextmanager
+def _interrupts_held():
+    """Hold Ctrl-C (SIGINT) until the block ends, for state that must be written whole.
+
+    Yields a namespace whose ``signalled`` tells, after the block, whether one came. Only
+    the main thread receives signals, and only under Python's own SIGINT handler does one
+    raise ``KeyboardInterrupt``: elsewhere there is nothing to hold.
+    """
+    record = SimpleNamespace(signalled=False)
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield record
+        return
+
+    def hold(signum, frame):
+        record.signalled = True
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield record
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextmanager

@@ -202,6 +202,26 @@ def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, caps
     assert "interrupted; saved" in capsys.readouterr().err
 
 
+def test_ctrl_c_while_a_checkpoint_is_saved_saves_that_epoch(data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C during the third epoch's checkpoint: the epoch was complete, and the model
+    saved on the way out is that epoch's, not the one before the run."""
+    calls = []
+
+    def interrupted_save(model, directory):
+        calls.append(model.n_iter_)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        sksae.save(model, directory)
+
+    monkeypatch.setattr(_cli, "save", interrupted_save)
+    out = tmp_path / "sae"
+    argv = ["fit", str(data["npy"]), "-o", str(out), "--max-iter", "5", *SMALL]
+    assert main([*argv, "--checkpoint-every", "1"]) == 130
+    assert calls == [1, 2, 3, 3]
+    assert sksae.load(out).n_iter_ == 3
+    assert "(n_iter_=3)" in capsys.readouterr().err
+
+
 # Interrupted in the fourth epoch of fit, or in the second pass over three shards.
 @pytest.mark.parametrize(
     "source, max_iter, interrupted_pass, refusal",

@@ -2,6 +2,7 @@
 
 import itertools
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -886,6 +887,76 @@ def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
     with pytest.raises(KeyboardInterrupt):
         sae.fit(X)
     assert not hasattr(sae, "components_")
+
+
+def _ctrl_c_on_call(monkeypatch, owner, name, call):
+    """Send this process a Ctrl-C (SIGINT) as the ``call``-th call of ``owner.name``
+    starts, as a user would while it runs."""
+    original, calls = getattr(owner, name), []
+
+    def signalled(*args, **kwargs):
+        calls.append(None)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+
+
+class _InterruptAfter(_EpochCallback):
+    """A callback that Ctrl-C interrupts at the end of epoch ``n_epochs`` (a checkpoint
+    being saved, say)."""
+
+    def __init__(self, n_epochs):
+        self.n_epochs = n_epochs
+
+    def on_fit_task_end(self, estimator, context, **kwargs):
+        if context.task_name == "epoch" and context.task_id == self.n_epochs - 1:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("moment", ["validation", "host copy", "callback"])
+def test_a_ctrl_c_while_an_epoch_is_recorded_keeps_that_epoch(
+    superposition_small, monkeypatch, moment
+):
+    """The record of an epoch (its validation score, the host copy of its state) is
+    written whole, and a callback's interruption keeps the epoch it ends: either way the
+    estimator holds the third epoch, not the state before the call."""
+    X, _ = superposition_small
+    params = dict(max_iter=10, max_no_improvement=None, early_stopping=moment == "validation")
+    sae = _sae(**params)
+    if moment == "validation":
+        _ctrl_c_on_call(monkeypatch, sksae._transformer, "evaluate_fvu", 3)
+    elif moment == "host copy":
+        _ctrl_c_on_call(monkeypatch, sksae._transformer.HostSnapshot, "capture", 3)
+    else:
+        sae.set_callbacks(_InterruptAfter(3))
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X)
+    monkeypatch.undo()
+    reference = _sae(**params).set_callbacks(_StopAfter(3)).fit(X)
+    assert sae.n_iter_ == 3
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(sae, name), getattr(reference, name))
+    # And it resumes where it stopped (early stopping keeps no progress to resume).
+    if moment != "validation":
+        uninterrupted = _sae(**params).fit(X)
+        sae.set_params(warm_start=True).set_callbacks().fit(X)
+        for name in FITTED_ARRAYS:
+            np.testing.assert_array_equal(getattr(sae, name), getattr(uninterrupted, name))
+
+
+def test_a_ctrl_c_while_the_fitted_attributes_are_set_keeps_the_whole_fit(
+    superposition_small, monkeypatch
+):
+    X, _ = superposition_small
+    reference = _sae().fit(X)
+    _ctrl_c_on_call(monkeypatch, SparseAutoencoderTransformer, "_derived_attributes", 1)
+    sae = _sae()
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X)
+    monkeypatch.undo()
+    assert _state(sae) == _state(reference)
 
 
 # Interrupted one epoch into a plateau (one epoch of the two that trigger the cool-down).
