@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -749,8 +750,12 @@ def _evaluate(model, shards):
     for X in _arrays(shards, model.n_features_in_):
         chunk_rows = rows_per_chunk(X.shape[1], EVALUATE_CHUNK_VALUES)
         for start in range(0, X.shape[0], chunk_rows):
-            chunk = np.asarray(X[start : start + chunk_rows])
-            codes = model.transform(chunk)
+            with warnings.catch_warnings():
+                # Shards are arrays: a model fitted on a DataFrame has no names to match.
+                warnings.filterwarnings("ignore", "X does not have valid feature names")
+                chunk = model._validate_input(np.asarray(X[start : start + chunk_rows]))
+            # Not transform, whose output set_output may have set to pandas.
+            codes = model._transform_validated(chunk)
             fired += np.bincount(codes.indices[codes.data != 0], minlength=n_latents)
             chunk = chunk.astype(np.float64)
             residual += np.square(chunk - model.inverse_transform(codes)).sum()

@@ -344,6 +344,24 @@ def test_evaluate_skips_an_empty_shard(model_dir, data, tmp_path, capsys):
     assert capsys.readouterr().out == expected
 
 
+def test_evaluate_a_model_fitted_on_a_dataframe_with_pandas_output(
+    data, X, tmp_path, capsys, recwarn
+):
+    """A model fitted in Python on named features, its transform set to pandas: evaluate
+    reads plain arrays, and encodes as transform would without pandas."""
+    pd = pytest.importorskip("pandas")
+    named = pd.DataFrame(X, columns=[f"unit{i}" for i in range(X.shape[1])])
+    params = dict(n_components=64, k=3, max_iter=2, random_state=0)
+    for name, features in [("plain", X), ("named", named)]:
+        model = sksae.SparseAutoencoderTransformer(**params).fit(features)
+        sksae.save(model.set_output(transform="pandas"), tmp_path / name)
+    assert main(["evaluate", str(tmp_path / "plain"), str(data["npy"])]) == 0
+    expected = capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "named"), str(data["npy"])]) == 0
+    assert capsys.readouterr().out == expected
+    assert not [w for w in recwarn if "feature names" in str(w.message)]
+
+
 def test_evaluate_constant_data_is_exact(model_dir, tmp_path, capsys):
     """Constant columns have no variance, exactly: FVU inf (as metrics.fvu), not 1e31."""
     np.save(tmp_path / "constant.npy", np.full((3, 16), 0.1))
