@@ -132,6 +132,11 @@ def top_activating_per_feature(model, X, n=20):
     """
     X = _validate(model, X)
     _check_n(n)
+    return _top_per_feature(model, X, n)
+
+
+def _top_per_feature(model, X, n):
+    """:func:`top_activating_per_feature` of ``X`` already validated."""
     n = min(n, X.shape[0])
     n_components = model.components_.shape[0]
     # Placeholders of -inf lose to every real activation, so the first chunk needs no
@@ -248,7 +253,7 @@ def feature_label_purity(model, X, labels, n=20):
         )
     _, label_ids = np.unique(labels, return_inverse=True)
     n_labels = int(label_ids.max()) + 1
-    sample_indices, activations = top_activating_per_feature(model, X, n)
+    sample_indices, activations = _top_per_feature(model, X, n)
     latent, rank = np.nonzero(activations > 0)
     # One key per (latent, label) pair: counting the keys counts each latent's labels
     # without an (n_components, n_labels) table, which many distinct labels would blow up.
@@ -415,6 +420,7 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     """
     plt = _pyplot("plot_top_activations")
     X = _validate(model, X)
+    _check_n(n)
     _check_image_shape(image_shape, X.shape[1], channels=True)
     if is_int(features):
         raise TypeError(f"features must be a list of latents, got {features!r}: pass [{features}].")
@@ -424,7 +430,7 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     for feature in features:
         _check_feature(model, feature)
     # One pass over X for all the latents, rather than one per latent.
-    sample_indices, activations = top_activating_per_feature(model, X, n)
+    sample_indices, activations = _top_per_feature(model, X, n)
     n_shown = sample_indices.shape[1]
     if fig is None:
         fig = plt.figure(figsize=(1.4 * n_shown, 1.6 * len(features)))

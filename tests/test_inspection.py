@@ -338,7 +338,7 @@ def test_plot_top_activations(model, data, pyplot):
 
 
 @pytest.mark.parametrize("baseline", [False, True])
-def test_dataframes_keep_their_feature_names(data, recwarn, baseline):
+def test_dataframes_keep_their_feature_names(data, pyplot, recwarn, baseline):
     from sklearn.decomposition import PCA
 
     pd = pytest.importorskip("pandas")
@@ -350,6 +350,11 @@ def test_dataframes_keep_their_feature_names(data, recwarn, baseline):
         named.fit(X)
     rows, _ = top_activating_per_feature(named, X, n=3)
     assert rows.shape == (named.components_.shape[0], 3)
+    # Every function that takes X, those that rank the rows of X through others too.
+    feature_density(named, X)
+    top_activating(named, X, feature=1, n=3)
+    feature_label_purity(named, X, data[1].argmax(axis=1), n=3)
+    plot_top_activations(named, X, [0, 1], (4, 4), n=2)
     assert not [w for w in recwarn if "feature names" in str(w.message)]
     with pytest.raises(ValueError, match="feature names"):
         feature_density(named, X.rename(columns={"x0": "other"}))
