@@ -261,6 +261,28 @@ def test_export_writes_sparsify(model_dir, X, tmp_path):
     np.testing.assert_array_equal(exported.transform(X), sksae.load(model_dir).transform(X))
 
 
+def _one_entry_safetensors(code, array):
+    """A safetensors file of one entry, ``acts``: the bytes of ``array`` under the dtype
+    ``code``, which sksae's writer may not know."""
+    header = {"acts": {"dtype": code, "shape": list(array.shape), "data_offsets": [0, 0]}}
+    header["acts"]["data_offsets"][1] = array.nbytes
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + array.tobytes()
+
+
+def test_integer_data_trains_alike_from_npy_and_safetensors(X, tmp_path):
+    counts = np.round(100 * X).astype(np.int16)
+    np.save(tmp_path / "counts.npy", counts)
+    (tmp_path / "counts.safetensors").write_bytes(_one_entry_safetensors("I16", counts))
+    for name in ["counts.npy", "counts.safetensors"]:
+        argv = ["fit", str(tmp_path / name), "-o", str(tmp_path / f"{name}.sae"), "--max-iter", "1"]
+        assert main([*argv, *SMALL]) == 0
+    npy, safetensors = (
+        sksae.load(tmp_path / f"counts.{ext}.sae") for ext in ["npy", "safetensors"]
+    )
+    np.testing.assert_array_equal(npy.components_, safetensors.components_)
+
+
 @pytest.fixture
 def bad_data(X, tmp_path):
     np.save(tmp_path / "flat.npy", X[:, 0])
@@ -279,6 +301,7 @@ def bad_data(X, tmp_path):
     np.save(tmp_path / "holes" / "01.npy", X[:0])
     whole = _safetensors_bytes({"a": X[:1000], "b": X[1000:]})
     (tmp_path / "cut.safetensors").write_bytes(whole[:-100])
+    (tmp_path / "float8.safetensors").write_bytes(_one_entry_safetensors("F8_E4M3", X[:4] > 0))
     return tmp_path
 
 
@@ -299,6 +322,7 @@ def bad_data(X, tmp_path):
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
         (["fit", "{tmp}/holes", "-o", "{tmp}/sae"], "01.npy holds no rows"),
         (["fit", "{tmp}/cut.safetensors", "-o", "{tmp}/sae"], "cut.safetensors[b] ends"),
+        (["fit", "{tmp}/float8.safetensors", "-o", "{tmp}/sae"], "holds F8_E4M3 values"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
         (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
