@@ -255,6 +255,21 @@ def test_jumprelu_thresholds_learn_alike_under_bfloat16_autocast():
     assert mixed_l0 == pytest.approx(exact_l0, rel=0.1)
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_autocast_warns_on_a_cpu_that_emulates_it(monkeypatch, recwarn, native):
+    monkeypatch.setattr(sksae._transformer, "cpu_multiplies_bfloat16", lambda: native)
+    X = np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32)
+    params = dict(n_components=16, k=2, max_iter=1, autocast_dtype="bfloat16")
+    sae = SparseAutoencoderTransformer(**params).fit(X)
+    sae.partial_fit(X)
+    # float64 data is never cast: nothing to warn of.
+    SparseAutoencoderTransformer(**params).fit(X.astype(np.float64))
+    SparseAutoencoderTransformer(**{**params, "autocast_dtype": None}).fit(X)
+    emulated = [w for w in recwarn if "emulates" in str(w.message)]
+    # One for fit and one for partial_fit, each pointing at its caller.
+    assert [w.filename for w in emulated] == ([] if native else [__file__, __file__])
+
+
 def test_max_grad_norm_reaches_the_optimiser(superposition_small):
     X, _ = superposition_small
     free = _sae(activation="relu", alpha=0.01).fit(X)

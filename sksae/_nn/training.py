@@ -476,6 +476,24 @@ class HostSnapshot:
         return self._state
 
 
+def cpu_multiplies_bfloat16():
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX-512 BF16 or AMX).
+
+    Elsewhere torch emulates the products: on an AVX2 CPU a bfloat16 ReLU training step
+    at B4096 d512 n4096 took 45 times as long as a float32 one. True when this torch
+    cannot tell.
+
+    Examples
+    --------
+    >>> from sksae._nn.training import cpu_multiplies_bfloat16
+    >>> cpu_multiplies_bfloat16() in (True, False)
+    True
+    """
+    probes = ["_is_avx512_bf16_supported", "_is_amx_tile_supported"]
+    checks = [getattr(torch.cpu, name) for name in probes if hasattr(torch.cpu, name)]
+    return not checks or any(check() for check in checks)
+
+
 def tree_map(fn, tree, leaf_type=torch.Tensor):
     """Apply ``fn`` to every ``leaf_type`` leaf of nested dicts, lists and tuples.
 
