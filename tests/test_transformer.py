@@ -904,9 +904,18 @@ def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
     assert not hasattr(sae, "components_")
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler, as a terminal gives it: a job started in the
+    background (CI's, say) inherits SIGINT ignored, and then Ctrl-C raises nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _ctrl_c_on_call(monkeypatch, owner, name, call):
     """Send this process a Ctrl-C (SIGINT) as the ``call``-th call of ``owner.name``
-    starts, as a user would while it runs."""
+    starts, as a user would while it runs (under the ``ctrl_c_raises`` fixture)."""
     original, calls = getattr(owner, name), []
 
     def signalled(*args, **kwargs):
@@ -931,6 +940,7 @@ class _InterruptAfter(_EpochCallback):
 
 
 @pytest.mark.parametrize("moment", ["validation", "host copy", "callback"])
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_while_an_epoch_is_recorded_keeps_that_epoch(
     superposition_small, monkeypatch, moment
 ):
@@ -961,6 +971,7 @@ def test_a_ctrl_c_while_an_epoch_is_recorded_keeps_that_epoch(
             np.testing.assert_array_equal(getattr(sae, name), getattr(uninterrupted, name))
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_a_ctrl_c_while_the_fitted_attributes_are_set_keeps_the_whole_fit(
     superposition_small, monkeypatch
 ):
