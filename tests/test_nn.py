@@ -332,7 +332,9 @@ def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():
 
 @pytest.mark.parametrize(
     "sparsifier",
-    [TopK(k=2), BatchTopK(k=2), JumpReLU(40, 0.001)],
+    # A bandwidth, and so initial thresholds, large enough for pre-activations between
+    # them and their scaled values.
+    [TopK(k=2), BatchTopK(k=2), JumpReLU(40, 0.1)],
     ids=["topk", "batchtopk", "jumprelu"],
 )
 def test_the_encoder_scale_best_reconstructs_the_sample(sparsifier):
@@ -340,17 +342,25 @@ def test_the_encoder_scale_best_reconstructs_the_sample(sparsifier):
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(300, 6, generator=generator, dtype=torch.float64) + 1.0
     model.reset_parameters(generator, b_dec=sample.mean(dim=0))
-    tied = model.W_enc.clone()
+    tied = copy.deepcopy(model)
     model.scale_encoder_(sample)
-    factor = (model.W_enc / tied).detach()
+    factor = (model.W_enc / tied.W_enc).detach()
     torch.testing.assert_close(factor, torch.full_like(factor, factor[0, 0]))  # one factor
-    assert factor[0, 0] != 1.0
+    assert factor[0, 0] < 0.9  # 40 latents over 6 features overshoot
     if isinstance(sparsifier, BatchTopK):
         assert sparsifier.threshold.isnan()  # still to be learned, not set by the probe
+    # The codes the factor was fitted to, those of the tied encoder, scaled: the same
+    # latents fire (JumpReLU's thresholds scale too).
+    torch.testing.assert_close(
+        model.training_code(sample, model.pre_activation(sample)).to_dense(40),
+        factor[0, 0] * tied.training_code(sample, tied.pre_activation(sample)).to_dense(40),
+    )
 
     def squared_error(scale):
+        scaled = copy.deepcopy(sparsifier)
+        scaled.scale_latents_(torch.full((40,), scale, dtype=torch.float64))
         encoder = SparseAutoencoder.from_tensors(
-            copy.deepcopy(sparsifier),
+            scaled,
             W_enc=model.W_enc * scale,
             b_enc=model.b_enc,
             W_dec=model.W_dec,

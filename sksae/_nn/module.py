@@ -88,18 +88,17 @@ class SparseAutoencoder(torch.nn.Module):
         """Scale the encoder by the factor whose training codes best reconstruct ``sample``.
 
         While ``b_enc`` is zero the codes of ReLU, TopK and BatchTopK scale with the
-        encoder (JumpReLU's too, up to its small initial thresholds), so the factor
-        ``c = <x - b_dec, W_dec^T h> / ||W_dec^T h||^2``, summed over the sample, makes
-        the initial reconstructions as close to the data as a single scale can. A tied
-        encoder starts far off when latents outnumber features many times: several
+        encoder, and JumpReLU's with the encoder and its thresholds together, so the
+        factor ``c = <x - b_dec, W_dec^T h> / ||W_dec^T h||^2``, summed over the sample,
+        makes the initial reconstructions as close to the data as a single scale can. A
+        tied encoder starts far off when latents outnumber features many times: several
         latents lie along each sample, each reconstructs most of it, and their sum
         overshoots. With 512 latents over 16 features, BatchTopK, where a large sample
         takes many latents, and JumpReLU had first-epoch losses of 120 and 1200 without
         the factor (3 and 13 with it) and ended 10 epochs at FVUs of 5.4 and 27 (0.22 and
-        0.02). The factor
-        is kept only if positive and finite (no latent fires on constant data), and
-        none is sought for a sparsifier whose codes should start small
-        (:attr:`~sksae._nn.sparsifiers.Sparsifier.scaled_initial_encoder`).
+        0.02). The factor is kept only if positive and finite (no latent fires on
+        constant data), and none is sought for a sparsifier whose codes should start
+        small (:attr:`~sksae._nn.sparsifiers.Sparsifier.scaled_initial_encoder`).
         """
         if not self.sparsifier.scaled_initial_encoder:
             return
@@ -123,6 +122,9 @@ class SparseAutoencoder(torch.nn.Module):
         factor = (along / squared).item()
         if math.isfinite(factor) and factor > 0:
             self.W_enc.mul_(factor)
+            # JumpReLU's thresholds follow: the same latents fire as in the probe, whose
+            # codes the factor was fitted to.
+            self.sparsifier.scale_latents_(self.W_enc.new_full((self.n_latents,), factor))
 
     def encoder_bias(self):
         return _folded_bias(self.W_enc, self.b_enc, self.b_dec)

@@ -95,8 +95,9 @@ class Sparsifier(torch.nn.Module):
     def scale_latents_(self, factors):
         """Follow pre-activations multiplied by ``factors`` (positive, one per latent) so
         that the code is multiplied by them too, and return True; or change nothing and
-        return False. Only sparsifiers that keep the decoder rows at unit norm need it,
-        and TopK's selection among latents cannot follow."""
+        return False. Only sparsifiers with parameters on the pre-activations' scale need
+        it; TopK's selection among latents cannot follow uneven factors, and needs
+        nothing to follow an even one."""
         return False
 
 
