@@ -1285,6 +1285,16 @@ def test_divergence_stops_with_a_clear_error_and_no_half_fitted_state(activation
         assert _state(fitted.set_params(learning_rate=None)) == state
 
 
+@pytest.mark.parametrize("train", ["fit", "partial_fit"])
+def test_a_last_step_to_non_finite_weights_is_divergence(train):
+    # One batch, one step: no later loss sees the weights it leaves.
+    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    sae = _sae(n_components=8, k=2, max_iter=1, batch_size=100, learning_rate=1e39)
+    with pytest.raises(ValueError, match=r"inf or NaN.*learning_rate"):
+        getattr(sae, train)(X)
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(sae))
+
+
 def test_a_warm_fit_checks_the_data_in_the_fitted_dtype():
     X = np.random.default_rng(0).standard_normal((500, 8))
     sae = _sae(n_components=16, k=2, max_iter=2).fit(X.astype(np.float32))

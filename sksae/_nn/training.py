@@ -347,8 +347,8 @@ class Trainer:
         in minibatches, shuffled when a generator is given.
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
-        is non-finite or the mean squared error more than ``DIVERGENCE_FACTOR`` times the
-        reference of the same rows.
+        is non-finite, the mean squared error more than ``DIVERGENCE_FACTOR`` times the
+        reference of the same rows, or a weight non-finite after the last step.
         """
         n_samples = len(X)
         order = None
@@ -370,8 +370,13 @@ class Trainer:
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
-        loss, squared_error, active, reference = (sums / n_samples).tolist()
-        self._check_divergence(loss, squared_error, reference)
+        # The losses are those before each step: only the weights show what the last
+        # step did (the only step of a one-batch partial_fit), read in the same sync.
+        finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
+        loss, squared_error, active, reference, weights_finite = torch.cat(
+            [sums / n_samples, finite.to(sums.dtype)[None]]
+        ).tolist()
+        self._check_divergence(loss, squared_error, reference, weights_finite)
         variance = X.variance()
         return EpochStats(
             loss=loss,
@@ -381,12 +386,14 @@ class Trainer:
         )
 
     @staticmethod
-    def _check_divergence(loss, squared_error, reference):
+    def _check_divergence(loss, squared_error, reference, weights_finite):
         # The squared error alone is judged: the penalty's scale is alpha's, not the
         # data's (JumpReLU's alpha * L0 of a wide model can dwarf small data's norm from
         # the first step), and a runaway fit runs away in its reconstruction too.
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the mean training loss reached {loss}")
+        if not weights_finite:
+            raise TrainingDiverged("the last step left weights that are inf or NaN")
         limit = DIVERGENCE_FACTOR * max(reference, torch.finfo(torch.float32).tiny)
         if squared_error > limit:
             raise TrainingDiverged(
