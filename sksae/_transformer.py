@@ -1161,7 +1161,14 @@ class SparseAutoencoderTransformer(
         """The factor ``normalize_input`` applies to the training data (1.0 for none)."""
         if self.normalize_input == "none":
             return 1.0
-        mean_norm = float(np.mean(row_norms(X)))
+        # In float64, a chunk at a time: float32 squares of values below about 1e-19
+        # underflow, and at 1e-25 every norm came out 0 and the data went unscaled.
+        chunk_rows = rows_per_chunk(X.shape[1])
+        norm_sum = sum(
+            row_norms(X[start : start + chunk_rows].astype(np.float64)).sum()
+            for start in range(0, X.shape[0], chunk_rows)
+        )
+        mean_norm = float(norm_sum / X.shape[0])
         return math.sqrt(X.shape[1]) / mean_norm if mean_norm > 0 else 1.0
 
     def _learning_rate(self):

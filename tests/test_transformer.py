@@ -595,6 +595,15 @@ def test_normalize_input_makes_the_fit_independent_of_the_data_units(activation)
     assert large.score(1000 * X) == pytest.approx(small.score(X), rel=1e-6)
 
 
+@pytest.mark.parametrize("container", [np.asarray, sp.csr_array])
+def test_the_input_scale_of_tiny_float32_data_is_its_own(container):
+    # Squared in float32, values of 1e-25 underflow: their norms came out 0 and the data
+    # went unscaled.
+    X = 1e-25 * make_sparse_superposition(3000, 16, 48, 3, random_state=0)
+    sae = _sae(normalize_input="mean_norm", max_iter=1).fit(container(X.astype(np.float32)))
+    assert sae.input_scale_ == pytest.approx(4 / np.linalg.norm(X, axis=1).mean(), rel=1e-6)
+
+
 def test_partial_fit_keeps_the_scale_of_its_first_call():
     X = make_sparse_superposition(3000, 16, 48, 3, random_state=0)
     sae = _sae(normalize_input="mean_norm").partial_fit(X[:1000])
