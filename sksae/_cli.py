@@ -34,6 +34,7 @@ import math
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
@@ -307,11 +308,11 @@ def _positive_int(text):
 
 class _Shard(NamedTuple):
     """One array of DATA: a name for messages, a function that reads it and one that
-    reads its shape alone (from the file's header)."""
+    reads its ``(shape, dtype)`` alone, from the file's header (see :func:`_header`)."""
 
     label: str
     read: Callable[[], np.ndarray]
-    shape: Callable[[], tuple]
+    header: Callable[[], tuple]
 
 
 def _shards(path):
@@ -354,11 +355,13 @@ def _numpy_shards(file):
     loaded = np.load(file, mmap_mode="r")
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         read = partial(np.load, file, mmap_mode="r")
-        return [_Shard(str(file), read, lambda: read().shape)]
+        return [_Shard(str(file), read, lambda: _header(read()))]
     with loaded:
         names = loaded.files
     return [
-        _Shard(f"{file}[{name}]", partial(_npz_member, file, name), partial(_npz_shape, file, name))
+        _Shard(
+            f"{file}[{name}]", partial(_npz_member, file, name), partial(_npz_header, file, name)
+        )
         for name in names
     ]
 
@@ -368,14 +371,12 @@ def _npz_member(file, name):
         return archive[name]
 
 
-def _npz_shape(file, name):
-    """The shape of an ``.npz`` member, from its ``.npy`` header: no data is read.
-
-    A member that is not a ``.npy`` file has no shape, ``None``.
-    """
+def _npz_header(file, name):
+    """The ``(shape, dtype)`` of an ``.npz`` member, from its ``.npy`` header: no data is
+    read. A member that is not a ``.npy`` file has neither (see :func:`_header`)."""
     with np.load(file) as archive:
         if f"{name}.npy" not in archive.zip.namelist():
-            return None
+            return None, None
         with archive.zip.open(f"{name}.npy") as member:
             version = np.lib.format.read_magic(member)
             read_header = {
@@ -383,10 +384,17 @@ def _npz_shape(file, name):
                 (2, 0): np.lib.format.read_array_header_2_0,
             }.get(version)
             if read_header is not None:
-                return read_header(member)[0]
+                shape, _, dtype = read_header(member)
+                return shape, dtype
     # Version 3.0 differs from 2.0 only in its header's encoding, which numpy reads
     # through private functions alone.
-    return _npz_member(file, name).shape
+    return _header(_npz_member(file, name))
+
+
+def _header(array):
+    """``(shape, dtype)`` of a shard read; ``(None, None)`` for what is no array: an
+    ``.npz`` member other than a ``.npy`` file, which reads as bytes."""
+    return getattr(array, "shape", None), getattr(array, "dtype", None)
 
 
 def _safetensors_shards(file):
@@ -413,7 +421,7 @@ def _safetensors_shards(file):
         _Shard(
             f"{file}[{name}]",
             partial(_safetensors_array, file, name, data_start, entry, data_bytes),
-            partial(_safetensors_shape, file, name, entry, data_bytes),
+            partial(_safetensors_header, file, name, entry, data_bytes),
         )
         for name, entry in header.items()
     ]
@@ -435,8 +443,9 @@ def _safetensors_layout(file, name, entry, data_bytes):
     return layout
 
 
-def _safetensors_shape(file, name, entry, data_bytes):
-    return _safetensors_layout(file, name, entry, data_bytes)[1]
+def _safetensors_header(file, name, entry, data_bytes):
+    dtype, shape, _, _ = _safetensors_layout(file, name, entry, data_bytes)
+    return shape, dtype
 
 
 def _safetensors_array(file, name, data_start, entry, data_bytes):
@@ -459,15 +468,23 @@ def _arrays(shards, n_features=None):
     for shard in shards:
         with _reading(shard.label):
             X = shard.read()
-        n_features = _checked_shape(shard.label, getattr(X, "shape", None), n_features)
+        n_features = _checked_header(shard.label, *_header(X), n_features)
         yield X.astype(np.float32) if X.dtype == np.float16 else X
 
 
-def _checked_shape(label, shape, n_features):
+def _checked_header(label, shape, dtype, n_features):
     """Check that the array ``label`` has a 2-D ``shape`` with ``n_features`` columns
-    (any, when None); return its number of columns. ``None``: not an array at all."""
+    (any, when None) and a ``dtype`` the estimator trains on; return its number of
+    columns. A ``shape`` of None: not an array at all."""
     if shape is None:
         raise ValueError(f"{label} is not a .npy array.")
+    # The estimator's own check would come only when the shard's turn to train does, and
+    # prints its values rather than its name.
+    if dtype.kind not in "biuf":
+        raise ValueError(
+            f"{label} holds {dtype} values; sksae needs real numbers (bool, integer or "
+            "floating-point)."
+        )
     if len(shape) != 2:
         raise ValueError(
             f"{label} holds an array of shape {tuple(shape)}; sksae needs 2-D arrays of shape "
@@ -487,7 +504,7 @@ def _reading(label):
     ``ValueError`` that names it."""
     try:
         yield
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
         message = str(exc)
         raise ValueError(message if str(label) in message else f"{label}: {message}") from exc
 
@@ -535,13 +552,12 @@ def _fit_command(args):
     save_model = partial(_save, directory=model_dir, warm_start=warm_start)
     try:
         if len(shards) == 1:
-            _fit_array(model, shards, args, save_model)
+            loss = _fit_array(model, shards, args, save_model)
         else:
-            _fit_shards(model, shards, args, changed, save_model)
+            loss = _fit_shards(model, shards, args, changed, save_model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
     save_model(model)
-    loss = model.loss_curve_[-1]
     print(f"Saved the model to {model_dir} (n_iter_={model.n_iter_}, loss {loss:.5g}).")
     return 0
 
@@ -563,7 +579,7 @@ def _make_model_directory(directory):
 
 def _fit_array(model, shards, args, save_model):
     """``fit`` on the one array, with the callbacks the options ask for; ``save_model``
-    saves a checkpoint."""
+    saves a checkpoint. Return the loss of the last epoch."""
     (X,) = _arrays(shards, getattr(model, "n_features_in_", None))
     callbacks = []
     if args.progress:
@@ -575,26 +591,28 @@ def _fit_array(model, shards, args, save_model):
         callbacks.append(_Checkpoint(save_model, args.checkpoint_every))
     model.set_callbacks(*callbacks)
     model.fit(X)
+    return model.loss_curve_[-1]
 
 
 def _fit_shards(model, shards, args, changed, save_model):
     """``partial_fit`` on each shard in turn, ``max_iter`` passes, saving (with
     ``save_model``) every ``--checkpoint-every`` passes (by default every pass); or, for
     a run ``--resume`` finds interrupted, the rest of its passes. ``changed``: the
-    training parameters that the command's options change in the resumed model."""
+    training parameters that the command's options change in the resumed model. Return
+    the loss of the last pass."""
     if model.early_stopping:
         raise ValueError(
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
             "which holds no data out."
         )
-    # Every shard's shape, from the headers, checked before the first one trains: a bad
-    # shard found after hours of training would lose them.
+    # Every shard's shape and dtype, from the headers, checked before the first one
+    # trains: a bad shard found after hours of training would lose them.
     n_features = getattr(model, "n_features_in_", None)
     n_shard_rows = []
     for shard in shards:
         with _reading(shard.label):
-            shape = shard.shape()
-        n_features = _checked_shape(shard.label, shape, n_features)
+            shape, dtype = shard.header()
+        n_features = _checked_header(shard.label, shape, dtype, n_features)
         if shape[0] == 0:  # partial_fit would refuse it, after the shards before it
             raise ValueError(f"{shard.label} holds no rows.")
         n_shard_rows.append(shape[0])
@@ -626,12 +644,13 @@ def _fit_shards(model, shards, args, changed, save_model):
         model.partial_fit(X)
         if index < len(shards) - 1:
             continue
+        # The mean of the pass's shard losses, weighted by their rows, as fit's epochs.
+        loss = np.average(model.loss_curve_[-len(shards) :], weights=n_shard_rows)
         if model.verbose:
-            # The mean of the pass's shard losses, weighted by their rows, as fit's epochs.
-            losses = model.loss_curve_[-len(shards) :]
-            print(f"pass {number + 1}: loss {np.average(losses, weights=n_shard_rows):.5g}")
+            print(f"pass {number + 1}: loss {loss:.5g}")
         if (number + 1) % every == 0:
             save_model(model)
+    return loss
 
 
 def _resume_point(model, n_shard_rows, changed):

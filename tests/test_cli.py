@@ -181,7 +181,7 @@ def _interrupt_pass(monkeypatch, n):
     monkeypatch.setattr(sksae.SparseAutoencoderTransformer, "_train_pass", interrupted)
 
 
-def test_verbose_prints_each_pass_over_shards(data, tmp_path, capsys):
+def test_fit_on_shards_prints_the_loss_of_each_pass(data, tmp_path, capsys):
     argv = ["fit", str(data["directory"]), "-o", str(tmp_path / "sae"), "--max-iter", "2"]
     assert main([*argv, "--verbose", "1", *SMALL]) == 0
     out = capsys.readouterr().out
@@ -190,6 +190,8 @@ def test_verbose_prints_each_pass_over_shards(data, tmp_path, capsys):
     rows = [len(np.load(path)) for path in sorted(data["directory"].iterdir())]
     passes = [np.average(model.loss_curve_[i : i + 3], weights=rows) for i in (0, 3)]
     assert out.startswith(f"pass 1: loss {passes[0]:.5g}\npass 2: loss {passes[1]:.5g}\n")
+    # The last pass's at the end, as fit's last epoch's on one array; not its last shard's.
+    assert out.endswith(f"(n_iter_=6, loss {passes[1]:.5g}).\n")
 
 
 @pytest.mark.parametrize("source", ["npy", "directory"])
@@ -302,6 +304,13 @@ def bad_data(X, tmp_path):
     whole = _safetensors_bytes({"a": X[:1000], "b": X[1000:]})
     (tmp_path / "cut.safetensors").write_bytes(whole[:-100])
     (tmp_path / "float8.safetensors").write_bytes(_one_entry_safetensors("F8_E4M3", X[:4] > 0))
+    np.save(tmp_path / "complex.npy", X.astype(np.complex128))
+    np.savez_compressed(tmp_path / "damaged.npz", X)
+    damaged = bytearray((tmp_path / "damaged.npz").read_bytes())
+    # Within the first deflate block's Huffman tables, so that zlib itself fails: damage
+    # further in can decompress and fail the CRC check instead.
+    damaged[60:68] = b"\xff" * 8
+    (tmp_path / "damaged.npz").write_bytes(damaged)
     return tmp_path
 
 
@@ -317,6 +326,8 @@ def bad_data(X, tmp_path):
         (["fit", "{directory}", "-o", "{tmp}/sae", "--early-stopping"], "--early-stopping"),
         (["fit", "{tmp}/empty.npy", "-o", "{tmp}/sae"], "empty.npy: No data left in file"),
         (["fit", "{tmp}/truncated.npz", "-o", "{tmp}/sae"], "truncated.npz: File is not a zip"),
+        (["fit", "{tmp}/damaged.npz", "-o", "{tmp}/sae"], "damaged.npz[arr_0]: Error -3 while"),
+        (["fit", "{tmp}/complex.npy", "-o", "{tmp}/sae"], "complex.npy holds complex128 values"),
         # Found from the headers, before the first shard trains.
         (["fit", "{tmp}/mixed.npz", "-o", "{tmp}/sae"], "mixed.npz[notes.txt] is not a .npy"),
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
@@ -327,6 +338,7 @@ def bad_data(X, tmp_path):
         (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
+        (["evaluate", "{model}", "{tmp}/damaged.npz"], "damaged.npz[arr_0]: Error -3 while"),
         (["export", "{model}", "-o", "{tmp}/out", "--format", "onnx"], "format='onnx'"),
         (["train", "{npy}"], "invalid choice: 'train'"),
     ],
@@ -338,6 +350,37 @@ def test_errors_are_one_line_and_exit_2(argv, problem, bad_data, data, model_dir
     assert out == ""
     assert err.startswith("sksae: error: ") and err.count("\n") == 1
     assert problem in err
+
+
+@pytest.mark.parametrize(
+    "dtype, file",
+    [
+        (np.complex128, "01.npy"),
+        (object, "01.npz"),
+        (np.str_, "01.npy"),
+        ([("real", np.float32), ("imag", np.float32)], "01.npy"),
+    ],
+)
+def test_a_shard_of_no_real_numbers_is_refused_before_any_trains(
+    X, tmp_path, monkeypatch, capsys, dtype, file
+):
+    """Found from the headers, as a bad shape is: the shards before it do not train."""
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "00.npy", X)
+    bad = X.astype(dtype)
+    if file.endswith(".npz"):
+        np.savez(tmp_path / "shards" / file, acts=bad)
+        file += "[acts]"
+    else:
+        np.save(tmp_path / "shards" / file, bad)
+    trained = []
+    monkeypatch.setattr(
+        sksae.SparseAutoencoderTransformer, "partial_fit", lambda self, X: trained.append(X)
+    )
+    assert main(["fit", str(tmp_path / "shards"), "-o", str(tmp_path / "sae"), *SMALL]) == 2
+    assert trained == []
+    err = capsys.readouterr().err
+    assert f"{file} holds {bad.dtype} values" in err and err.count("\n") == 1
 
 
 def test_model_dir_may_lie_below_data(data, tmp_path):
