@@ -23,6 +23,7 @@ from sklearn.base import (
     _fit_context,
 )
 from sklearn.callback import CallbackSupportMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
     Interval,
@@ -71,6 +72,11 @@ _MEDIAN_SAMPLE_VALUES = 2**22
 _ALPHA_WARMUP_FRACTION = 0.05
 #: Fraction of a fit over which the learning rate decays linearly to 0 at its end.
 _DECAY_FRACTION = 0.2
+#: A new model's last training pass whose FVU exceeds this reconstructed its data worse
+#: than their mean by far, and worse than the model started (about 1 at most, with the
+#: decoder bias at their median and the encoder's scale fitted): typically at a learning
+#: rate too high for the data's scale. A code in which no latent fires has about 1.
+_POOR_FIT_FVU = 2.0
 #: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
 #: about 1e-7).
 _UNIT_NORM_TOLERANCE = 1e-4
@@ -692,6 +698,7 @@ class SparseAutoencoderTransformer(
         propagates. A Ctrl-C while an epoch's record or the fitted attributes are
         written is held until they are whole: the epoch then counts as completed.
         """
+        new_model = history.n_iter == 0
         device, dtype = trainer.model.W_dec.device, trainer.model.W_dec.dtype
         X_rows = training_rows(X_fit, device, dtype)
         X_val_rows = None if X_val is None else training_rows(X_val, device, dtype)
@@ -791,7 +798,10 @@ class SparseAutoencoderTransformer(
                 # anew.
                 self._fit_progress = None
             fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
-        return interrupted or held.signalled
+        interrupted = interrupted or held.signalled
+        if new_model and last_epoch is not None and not interrupted:
+            self._warn_of_a_poor_fit(stats, X, stacklevel=5)  # fit's caller
+        return interrupted
 
     def _epoch_attributes(
         self, X, snapshot, stats, history, validation_scores, best, scale, progress
@@ -876,6 +886,8 @@ class SparseAutoencoderTransformer(
             state = trainer.full_state()
             self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
             self.__dict__.update(self._derived_attributes(X))
+            if first_call:
+                self._warn_of_a_poor_fit(stats, X, stacklevel=4)  # partial_fit's caller
         return self
 
     def _history(self):
@@ -978,6 +990,28 @@ class SparseAutoencoderTransformer(
                 UserWarning,
                 stacklevel=4,  # the caller of fit or partial_fit, through _fit_context
             )
+
+    def _warn_of_a_poor_fit(self, stats, X, stacklevel):
+        """Warn when the last training pass of a new model (its :class:`EpochStats`)
+        reconstructed the training data ``X`` worse than their mean by far, with the
+        likely cause (see :data:`_POOR_FIT_FVU`)."""
+        if not stats.fvu > _POOR_FIT_FVU:  # a NaN FVU (constant data) is no sign
+            return
+        if self.normalize_input == "none":
+            advice = (
+                f"the rows of X have a mean norm of {_mean_row_norm(X):.3g}, where the "
+                f"defaults assume about sqrt(n_features) = {math.sqrt(X.shape[1]):.3g}: "
+                "set normalize_input='mean_norm', or scale the data"
+            )
+        else:
+            advice = "lower it"
+        warnings.warn(
+            f"{type(self).__name__} reconstructs its training data worse than their mean "
+            f"does (a training FVU of {stats.fvu:.3g} in its last pass). The learning_rate "
+            f"({self._learning_rate():.3g}) is likely too high for this data; {advice}.",
+            ConvergenceWarning,
+            stacklevel=stacklevel,
+        )
 
     def _new_trainer(self, model, schedule, state=None):
         auxk = None
@@ -1161,14 +1195,7 @@ class SparseAutoencoderTransformer(
         """The factor ``normalize_input`` applies to the training data (1.0 for none)."""
         if self.normalize_input == "none":
             return 1.0
-        # In float64, a chunk at a time: float32 squares of values below about 1e-19
-        # underflow, and at 1e-25 every norm came out 0 and the data went unscaled.
-        chunk_rows = rows_per_chunk(X.shape[1])
-        norm_sum = sum(
-            row_norms(X[start : start + chunk_rows].astype(np.float64)).sum()
-            for start in range(0, X.shape[0], chunk_rows)
-        )
-        mean_norm = float(norm_sum / X.shape[0])
+        mean_norm = _mean_row_norm(X)
         return math.sqrt(X.shape[1]) / mean_norm if mean_norm > 0 else 1.0
 
     def _learning_rate(self):
@@ -1439,6 +1466,18 @@ def _check_magnitude(X, name, dtype=None):
             "the data first (for example with StandardScaler)."
         )
     return X
+
+
+def _mean_row_norm(X):
+    """The mean Euclidean norm of the rows of ``X`` (dense or scipy.sparse)."""
+    # In float64, a chunk at a time: float32 squares of values below about 1e-19
+    # underflow, and at 1e-25 every norm came out 0.
+    chunk_rows = rows_per_chunk(X.shape[1])
+    norm_sum = sum(
+        row_norms(X[start : start + chunk_rows].astype(np.float64)).sum()
+        for start in range(0, X.shape[0], chunk_rows)
+    )
+    return float(norm_sum / X.shape[0])
 
 
 def _make_sparsifier(params, **state):

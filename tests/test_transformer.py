@@ -3,6 +3,7 @@
 import itertools
 import pickle
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from scipy.optimize import nnls
 from sklearn.base import clone
 from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
@@ -602,6 +604,23 @@ def test_the_input_scale_of_tiny_float32_data_is_its_own(container):
     X = 1e-25 * make_sparse_superposition(3000, 16, 48, 3, random_state=0)
     sae = _sae(normalize_input="mean_norm", max_iter=1).fit(container(X.astype(np.float32)))
     assert sae.input_scale_ == pytest.approx(4 / np.linalg.norm(X, axis=1).mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("train", ["fit", "partial_fit"])
+def test_a_fit_worse_than_the_mean_warns_of_the_data_scale(train):
+    # The default learning rate moves the decoder bias by about 4e-3 a step, where these
+    # rows have a norm of 1.6e-4.
+    X = 1e-4 * make_sparse_superposition(1000, 8, 16, 2, random_state=0)
+    params = dict(n_components=32, k=2, max_iter=10)
+    sae = _sae(**params)
+    with pytest.warns(ConvergenceWarning, match="mean norm of 0.000155.*'mean_norm'") as record:
+        getattr(sae, train)(X)
+    assert record[0].filename == __file__
+    assert sae.score(X) < -1  # an FVU above 2: the warning is right
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        scaled = getattr(_sae(**params, normalize_input="mean_norm"), train)(X)
+    assert scaled.score(X) > 0.5
 
 
 def test_partial_fit_keeps_the_scale_of_its_first_call():
