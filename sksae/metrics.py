@@ -32,7 +32,7 @@ def fvu(X, X_hat):
     ----------
     X : {ndarray, sparse matrix} of shape (n_samples, n_features)
         The data.
-    X_hat : ndarray of shape (n_samples, n_features)
+    X_hat : {ndarray, sparse matrix} of shape (n_samples, n_features)
         Its reconstruction.
 
     Returns
@@ -50,8 +50,7 @@ def fvu(X, X_hat):
     >>> fvu(X, 0.5 * X)
     0.25
     """
-    X = np.asarray(as_dense(_checked_matrix(X, "X")), dtype=np.float64)
-    X_hat = np.asarray(X_hat, dtype=np.float64)
+    X, X_hat = _dense_floats(X, "X"), _dense_floats(X_hat, "X_hat")
     if X.shape != X_hat.shape:
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
     residual = np.square(X - X_hat).sum()
@@ -71,9 +70,7 @@ def l0(codes):
     1.0
     """
     codes = _checked_matrix(codes, "codes")
-    if sp.issparse(codes):
-        return float(codes.count_nonzero() / codes.shape[0])
-    return float(np.count_nonzero(codes) / codes.shape[0])
+    return float(_count_nonzero(codes) / codes.shape[0])
 
 
 def code_bytes(codes, *, value_dtype=None):
@@ -111,7 +108,7 @@ def code_bytes(codes, *, value_dtype=None):
     """
     codes = _checked_matrix(codes, "codes")
     n_samples, n_components = codes.shape
-    nnz = codes.count_nonzero() if sp.issparse(codes) else np.count_nonzero(codes)
+    nnz = _count_nonzero(codes)
     value_dtype = np.dtype(codes.dtype if value_dtype is None else value_dtype)
     index_bytes = np.min_scalar_type(max(n_components - 1, 0)).itemsize
     pointer_bytes = np.min_scalar_type(nnz).itemsize
@@ -170,7 +167,7 @@ def dead_fraction(codes):
     """
     codes = _checked_matrix(codes, "codes")
     if sp.issparse(codes):
-        codes = sp.csr_array(codes)
+        codes = _canonical(codes)
         fired = np.bincount(codes.indices[codes.data != 0], minlength=codes.shape[1]) > 0
     else:
         fired = np.any(np.asarray(codes) != 0, axis=0)
@@ -186,8 +183,8 @@ def mmcs(true_directions, learned_directions):
 
     Parameters
     ----------
-    true_directions : ndarray of shape (n_true, n_features)
-    learned_directions : ndarray of shape (n_learned, n_features)
+    true_directions : {ndarray, sparse matrix} of shape (n_true, n_features)
+    learned_directions : {ndarray, sparse matrix} of shape (n_learned, n_features)
         For example a fitted model's ``components_``.
 
     Returns
@@ -225,9 +222,31 @@ def _checked_matrix(A, name):
     return A
 
 
+def _canonical(A):
+    """The sparse ``A`` as a CSR array that stores each entry once, for counting its
+    nonzeros: duplicates (+1 and -1 stored for one entry are a zero) are summed in a
+    copy, as scipy's ``count_nonzero`` would sum them in the caller's matrix."""
+    A = sp.csr_array(A)
+    if not A.has_canonical_format:
+        A = A.copy()
+        A.sum_duplicates()
+    return A
+
+
+def _count_nonzero(codes):
+    return _canonical(codes).count_nonzero() if sp.issparse(codes) else np.count_nonzero(codes)
+
+
+def _dense_floats(A, name):
+    return np.asarray(as_dense(_checked_matrix(A, name)), dtype=np.float64)
+
+
 def _unit_rows(A, name):
-    A = np.asarray(A, dtype=np.float64)
-    if A.ndim != 2 or A.shape[0] == 0:
-        raise ValueError(f"{name} must be a 2-D array with at least one row, got shape {A.shape}.")
+    """The rows of ``A`` scaled to unit norm; zero rows stay zero."""
+    A = _dense_floats(A, name)
+    # Each row divided by its largest magnitude first, its sum of squares lies between
+    # 1 and n_features: a row of 1e200 overflowed it, and subnormal numbers underflowed.
+    largest = np.abs(A).max(axis=1, keepdims=True)
+    A = A / np.where(largest > 0, largest, 1.0)
     norms = np.linalg.norm(A, axis=1, keepdims=True)
-    return A / np.maximum(norms, np.finfo(np.float64).tiny)
+    return A / np.where(norms > 0, norms, 1.0)

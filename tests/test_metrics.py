@@ -63,6 +63,21 @@ def test_dead_fraction_dense_and_sparse_ignores_explicit_zeros():
     assert dead_fraction(explicit_zero) == 0.75
 
 
+def test_code_metrics_sum_duplicate_entries_without_changing_the_matrix():
+    # A CSR matrix may store an entry twice (a COO matrix converted without summing):
+    # +1 and -1 stored in column 0 are a zero, and column 0 is dead.
+    codes = sp.csr_matrix(
+        (np.array([1.0, -1.0, 2.0]), np.array([0, 0, 2]), np.array([0, 3])), shape=(1, 3)
+    )
+    dense = codes.toarray()
+    assert dense.tolist() == [[0.0, 0.0, 2.0]]
+    assert dead_fraction(codes) == dead_fraction(dense) == pytest.approx(2 / 3)
+    assert l0(codes) == l0(dense) == 1.0
+    assert code_bytes(codes) == code_bytes(dense)
+    # scipy's count_nonzero sums the duplicates in place: the caller's matrix would change.
+    assert (codes.nnz, codes.data.tolist()) == (3, [1.0, -1.0, 2.0])
+
+
 def test_mmcs_hand_computed():
     true = np.array([[1.0, 0.0], [0.0, 1.0]])
     learned = np.array([[3.0, 4.0], [0.0, -2.0]])  # cosines with true: (0.6, 0.8), (0, -1)
@@ -82,6 +97,23 @@ def test_mmcs_counts_a_zero_direction_as_orthogonal_to_everything():
     assert mmcs(true, np.zeros((2, 2))) == 0.0
     # ... and a zero true direction is recovered by nothing: it counts 0 in the mean.
     assert mmcs(np.array([[1.0, 0.0], [0.0, 0.0]]), learned) == pytest.approx(0.6 / 2)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200, 1e-320])
+def test_mmcs_of_huge_or_subnormal_directions(scale):
+    # Their sums of squares overflow or underflow: directions are the same at any scale.
+    true = np.array([[1.0, 1.0], [1.0, 0.0]])
+    learned = np.array([[3.0, 4.0], [1.0, 1.0]])
+    expected = mmcs(true, learned)
+    assert mmcs(scale * true, learned) == mmcs(true, scale * learned) == expected
+    assert mmcs(np.array([[scale, 0.0]]), np.array([[1.0, 0.0]])) == 1.0
+
+
+def test_fvu_and_mmcs_take_sparse_matrices():
+    X = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
+    X_hat = np.array([[1.0, 2.0], [3.0, 3.0], [2.0, 0.0]])
+    assert fvu(X, sp.csr_array(X_hat)) == fvu(sp.csr_array(X), sp.csc_array(X_hat)) == fvu(X, X_hat)
+    assert mmcs(sp.csr_array(X), sp.coo_array(X_hat)) == mmcs(X, X_hat)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +140,8 @@ def test_mmcs_rejects_empty_directions():
         mmcs(np.eye(2), np.zeros((0, 2)))
     with pytest.raises(ValueError, match="true_directions must be a 2-D array"):
         mmcs(np.ones(2), np.eye(2))
+    with pytest.raises(ValueError, match="at least one row and one column"):
+        mmcs(np.zeros((2, 0)), np.zeros((2, 0)))
 
 
 @pytest.mark.parametrize("n_components", [200, 300, 70_000])
