@@ -13,12 +13,17 @@ import hashlib
 import json
 import math
 import os
+import reprlib
+from collections.abc import Callable
+from numbers import Real
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ._outlier import SparseAutoencoderOutlierDetector
-from ._transformer import _CALLBACK_ATTRIBUTES, SparseAutoencoderTransformer
+from ._transformer import _CALLBACK_ATTRIBUTES, SparseAutoencoderTransformer, _make_sparsifier
+from ._validation import is_int
 
 __all__ = ["load", "save"]
 
@@ -143,10 +148,12 @@ def _json_param(name, value):
 def load(path):
     """Load an estimator written by :func:`save`.
 
-    Nothing in the files is executed: the class must be one of sksae's estimators, every
-    array must have the dtype and shape its JSON reference records, and the weights must
-    fit together (shapes, dtypes, finite values); anything else is a ``ValueError`` that
-    says what is wrong.
+    Nothing in the files is executed: the class must be one of sksae's estimators, each
+    file must match the digest the other records of it, every array must have the dtype
+    and shape its JSON reference records, and the fitted state must be one that a fit
+    gives: the attributes save writes and no others, weights that fit together (shapes,
+    dtypes, finite values), and the activation's parameters and thresholds fitting the
+    weights; anything else is a ``ValueError`` that says what is wrong.
 
     Parameters
     ----------
@@ -163,36 +170,38 @@ def load(path):
     See :func:`save`.
     """
     directory = Path(path)
+    config_file = directory / CONFIG_FILE
+    data = _read_bytes(config_file, f"{directory} holds no {CONFIG_FILE}: not a saved sksae model.")
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
-    except FileNotFoundError as exc:
-        raise ValueError(f"{directory} holds no {CONFIG_FILE}: not a saved sksae model.") from exc
+        config = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{directory / CONFIG_FILE} is not valid JSON: {exc}") from exc
+        raise ValueError(f"{config_file} is not valid JSON: {exc}") from exc
     cls = _check_config(config, directory)
-    weights_sha256 = config.pop("weights_sha256", None)
+    weights_sha256 = config.pop("weights_sha256")
     tensors, metadata, _ = _read_safetensors_with_metadata(directory / WEIGHTS_FILE, weights_sha256)
-    if "config_sha256" in metadata and metadata["config_sha256"] != _config_digest(config):
+    if "config_sha256" not in metadata:
+        raise _lacks_digest(directory / WEIGHTS_FILE, "config_sha256", CONFIG_FILE)
+    if metadata["config_sha256"] != _config_digest(config):
         raise ValueError(
-            f"{directory / CONFIG_FILE} does not match the digest its weights file records: "
+            f"{config_file} does not match the digest its weights file records: "
             "it was changed or damaged after it was saved."
         )
     try:
         estimator = cls(**config["params"])
     except TypeError as exc:
-        raise ValueError(f"{directory / CONFIG_FILE} has unknown parameters: {exc}") from exc
+        raise ValueError(f"{config_file} has unknown parameters: {exc}") from exc
     try:
         estimator._validate_params()
     except (ValueError, TypeError) as exc:
-        raise ValueError(f"{directory / CONFIG_FILE} has invalid parameters: {exc}") from exc
+        raise ValueError(f"{config_file} has invalid parameters: {exc}") from exc
+    # Before any is set: an entry named after a method would replace it.
+    _check_state_names(config["state"], _STATE_OF[cls], config_file)
     for name, value in config["state"].items():
         try:
             setattr(estimator, name, _decode(value, tensors))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(
-                f"{directory / CONFIG_FILE} has a malformed entry {name!r}: {exc}"
-            ) from exc
-    _check_fitted_state(estimator, directory)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{config_file} has a malformed entry {name!r}: {exc}") from exc
+    _check_fitted_state(estimator, config_file)
     return estimator
 
 
@@ -286,15 +295,231 @@ def _check_config(config, directory):
         )
     if not isinstance(config.get("params"), dict) or not isinstance(config.get("state"), dict):
         raise ValueError(f"{directory / CONFIG_FILE} lacks the params or state of the model.")
+    if "weights_sha256" not in config:
+        raise _lacks_digest(directory / CONFIG_FILE, "weights_sha256", WEIGHTS_FILE)
     return CLASSES[config["class"]]
 
 
-def _check_fitted_state(estimator, directory):
-    """The weights must make a model: consistent shapes and dtypes, finite values."""
+def _lacks_digest(file, key, other_file):
+    return ValueError(
+        f"{file} lacks {key}, the digest of its {other_file} that sksae.save records: "
+        "without it, an altered file would load."
+    )
+
+
+class _Entry(NamedTuple):
+    """What an entry of a saved fitted state must be, and a test of it: ``test(value,
+    estimator)`` with the weights already checked."""
+
+    requirement: str
+    test: Callable
+    #: Whether a model may lack it.
+    optional: bool = False
+
+
+def _is_number(value):
+    return isinstance(value, Real) and not isinstance(value, bool | np.bool_)
+
+
+def _is_count(value):
+    return is_int(value) and value >= 0
+
+
+def _are_numbers(values):
+    return isinstance(values, list) and all(map(_is_number, values))
+
+
+def _is_float_array(value, shape):
+    return isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.shape == shape
+
+
+def _are_feature_names(names, estimator):
+    return (
+        isinstance(names, np.ndarray)
+        and names.shape == (estimator.n_features_in_,)
+        and all(isinstance(name, str) for name in names)
+    )
+
+
+def _are_densities(densities, estimator):
+    """Whether ``densities`` are the firing fractions of the latents (NaN: unknown)."""
+    return (
+        _is_float_array(densities, estimator.components_.shape[:1])
+        and not ((densities < 0) | (densities > 1)).any()
+    )
+
+
+def _is_coder(coder, estimator):
+    """Whether ``coder`` describes a coder as the detector's ``_coder`` does."""
+    return isinstance(coder, dict) and coder.keys() == estimator._coder().keys()
+
+
+def _is_sparsifier_of(params, estimator):
+    """Whether ``params`` are those fit gives the sparsifier of a model of the
+    estimator's number of latents (see ``_sparsifier_params``), by valid parameters."""
+    if not isinstance(params, dict):
+        return False
+    options = {name: value for name, value in params.items() if name != "n_latents"}
     try:
-        weights = [getattr(estimator, name) for name in _WEIGHTS]
-    except AttributeError as exc:
-        raise ValueError(f"{directory} lacks a fitted weight: {exc}") from exc
+        fitting = type(estimator)(estimator.components_.shape[0], **options)
+        fitting._validate_params()
+        fitting._check_sparsifier_params()
+    except (TypeError, ValueError):
+        return False
+    return fitting._sparsifier_params() == params
+
+
+def _initial_threshold(estimator):
+    """The threshold of a new sparsifier of the fitted model, or None where it has none."""
+    return getattr(_make_sparsifier(estimator._fitted_sparsifier_params), "threshold", None)
+
+
+def _is_threshold_of(threshold, estimator):
+    initial = _initial_threshold(estimator)
+    if initial is None or not _is_float_array(threshold, tuple(initial.shape)):
+        return False
+    # NaN where a new sparsifier has NaN: BatchTopK's until a training batch kept a
+    # positive activation, which none of a fit on data all zero does.
+    untrained = np.isnan(threshold) & initial.isnan().numpy()
+    return bool((untrained | (np.isfinite(threshold) & (threshold >= 0))).all())
+
+
+def _are_training_units(units, estimator):
+    """None, or arrays in training units twinning fitted arrays (``_model_attributes``)."""
+    return units is None or (
+        isinstance(units, dict)
+        and all(
+            isinstance(name, str)
+            and isinstance(twin, np.ndarray)
+            and isinstance(fitted := vars(estimator).get(name), np.ndarray)
+            and (twin.dtype, twin.shape) == (fitted.dtype, fitted.shape)
+            for name, twin in units.items()
+        )
+    )
+
+
+#: The fitted state of a transformer but its weights, in the order of the checks: a test
+#: may rely on the entries before it.
+_STATE = {
+    "n_features_in_": _Entry(
+        "the number of columns of components_",
+        lambda value, estimator: is_int(value) and value == estimator.components_.shape[1],
+    ),
+    "feature_names_in_": _Entry(
+        "an array of n_features_in_ strings",
+        _are_feature_names,
+        optional=True,  # set by a fit on a DataFrame alone
+    ),
+    "_fitted_sparsifier_params": _Entry(
+        "the parameters of a valid sparsifier of components_' latents (activation, "
+        "k at most their number, bandwidth)",
+        _is_sparsifier_of,
+    ),
+    "threshold_": _Entry(
+        "an array of finite, non-negative thresholds of the shape of the fitted "
+        "activation's, where it has any",
+        _is_threshold_of,
+        optional=True,  # required where the activation has one: see _check_fitted_state
+    ),
+    "input_scale_": _Entry(
+        "a positive finite number", lambda value, _: _is_number(value) and 0 < value < math.inf
+    ),
+    "feature_density_": _Entry(
+        "an array of a fraction (or NaN) per latent",
+        _are_densities,
+    ),
+    "dead_fraction_": _Entry(
+        "a fraction or NaN", lambda value, _: _is_number(value) and not (value < 0 or value > 1)
+    ),
+    "loss_curve_": _Entry("a list of numbers", lambda value, _: _are_numbers(value)),
+    "n_iter_": _Entry("a non-negative int", lambda value, _: _is_count(value)),
+    "n_steps_": _Entry("a non-negative int", lambda value, _: _is_count(value)),
+    "validation_scores_": _Entry(
+        "None or a list of numbers", lambda value, _: value is None or _are_numbers(value)
+    ),
+    "best_validation_score_": _Entry(
+        "None or a number", lambda value, _: value is None or _is_number(value)
+    ),
+    # partial_fit and a warm fit read the training state and the progress of an
+    # interrupted fit, and refuse what does not match the model.
+    "_trainer_state": _Entry(
+        "None or a dict",
+        lambda value, _: value is None or isinstance(value, dict),
+        optional=True,  # an imported model has none
+    ),
+    # Unknown to the first versions of sksae, as the detector's _offset_coder:
+    "n_samples_seen_": _Entry(
+        "a non-negative int", lambda value, _: _is_count(value), optional=True
+    ),
+    "_fit_progress": _Entry(
+        "None or a dict", lambda value, _: value is None or isinstance(value, dict), optional=True
+    ),
+    "_training_units": _Entry(
+        "None or a dict of arrays of the dtype and shape of the fitted arrays they name",
+        _are_training_units,
+        optional=True,
+    ),
+    # Set by set_output alone; transform refuses an output it does not know.
+    "_sklearn_output_config": _Entry(
+        "a dict of method names to output containers (set_output)",
+        lambda value, _: (
+            isinstance(value, dict)
+            and all(isinstance(item, str) for item in [*value, *value.values()])
+        ),
+        optional=True,
+    ),
+}
+#: Where each saved class's fitted state is described.
+_STATE_OF = {
+    SparseAutoencoderTransformer: _STATE,
+    SparseAutoencoderOutlierDetector: {
+        **_STATE,
+        "offset_": _Entry(
+            "a number, not NaN", lambda value, _: _is_number(value) and not math.isnan(value)
+        ),
+        "_offset_coder": _Entry(
+            "None or a dict of what shaped the scores (transform_algorithm, n_candidates)",
+            lambda value, estimator: value is None or _is_coder(value, estimator),
+            optional=True,
+        ),
+    },
+}
+_WEIGHTS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+
+
+def _check_state_names(state, entries, config_file):
+    """The saved state must name what save writes of the class: a model, and nothing
+    else (a method, say)."""
+    unknown = sorted(set(state) - {*_WEIGHTS, *entries})
+    if unknown:
+        raise ValueError(f"{config_file} has unknown fitted attributes: {', '.join(unknown)}.")
+    required = [*_WEIGHTS, *(name for name, entry in entries.items() if not entry.optional)]
+    missing = [name for name in required if name not in state]
+    if missing:
+        raise ValueError(f"{config_file} lacks the fitted attributes {', '.join(missing)}.")
+
+
+def _check_fitted_state(estimator, config_file):
+    """The fitted state must make a model: weights of consistent shapes and dtypes,
+    finite, and each other entry what a fit gives it."""
+    _check_weights(estimator, config_file)
+    state = vars(estimator)
+    for name, entry in _STATE_OF[type(estimator)].items():
+        if name in state and not entry.test(state[name], estimator):
+            raise ValueError(
+                f"{config_file}: {name} must be {entry.requirement}; it is "
+                f"{_described(state[name])}."
+            )
+    if "threshold_" not in state and _initial_threshold(estimator) is not None:
+        raise ValueError(
+            f"{config_file} lacks the fitted attribute threshold_, which activation="
+            f"{estimator._fitted_sparsifier_params['activation']!r} needs."
+        )
+
+
+def _check_weights(estimator, config_file):
+    if not (isinstance(estimator.components_, np.ndarray) and estimator.components_.ndim == 2):
+        raise ValueError(f"components_ must be a 2-D array in {config_file}")
     n_latents, n_features = estimator.components_.shape
     expected_shapes = [
         (n_latents, n_features),
@@ -302,21 +527,20 @@ def _check_fitted_state(estimator, directory):
         (n_latents,),
         (n_features,),
     ]
-    for name, array, shape in zip(_WEIGHTS, weights, expected_shapes, strict=True):
+    for name, shape in zip(_WEIGHTS, expected_shapes, strict=True):
+        array = getattr(estimator, name)
         if not isinstance(array, np.ndarray) or array.shape != shape:
-            raise ValueError(f"{name} must be an array of shape {shape} in {directory}")
+            raise ValueError(f"{name} must be an array of shape {shape} in {config_file}")
         if array.dtype != estimator.components_.dtype or array.dtype.kind != "f":
-            raise ValueError(f"{name} must have the float dtype of components_ in {directory}")
+            raise ValueError(f"{name} must have the float dtype of components_ in {config_file}")
         if not np.isfinite(array).all():
-            raise ValueError(f"{name} holds NaN or infinite values in {directory}")
-    if estimator.n_features_in_ != n_features:
-        raise ValueError(
-            f"n_features_in_={estimator.n_features_in_} does not match the {n_features} "
-            f"columns of components_ in {directory}"
-        )
+            raise ValueError(f"{name} holds NaN or infinite values in {config_file}")
 
 
-_WEIGHTS = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+def _described(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of {value.dtype} of shape {value.shape}"
+    return reprlib.repr(value)
 
 
 def _config_digest(config):
@@ -330,6 +554,17 @@ def _sksae_version():
     from . import __version__
 
     return __version__
+
+
+def _read_bytes(path, missing):
+    """The bytes of the file ``path``; a ``ValueError`` saying ``missing`` where there
+    is none, or why it cannot be read (a directory, say)."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise ValueError(missing) from exc
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror or exc}.") from exc
 
 
 def _write_atomically(path, data):
@@ -368,10 +603,7 @@ def _read_safetensors(path, sha256=None):
 def _read_safetensors_with_metadata(path, sha256=None):
     """:func:`_read_safetensors`, the header's metadata (str -> str) and the dtype code
     each array was stored in (``"BF16"`` arrays are read as float32)."""
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise ValueError(f"{path} is missing: not a saved sksae model.") from exc
+    data = _read_bytes(path, f"{path} is missing: not a saved sksae model.")
 
     def invalid(reason):
         return ValueError(f"{path} is not a valid safetensors file: {reason}")
@@ -423,17 +655,22 @@ def _entry_layout(entry):
     """``(dtype, shape, start, stop)`` of a safetensors header entry, the dtype
     little-endian; a ``ValueError`` (its message a predicate) when it is malformed."""
     try:
-        code = entry["dtype"]
-        shape = tuple(int(size) for size in entry["shape"])
-        start, stop = (int(offset) for offset in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as exc:
+        code, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    except (KeyError, TypeError) as exc:
         raise ValueError(f"is malformed ({exc!r})") from exc
+    for name, sizes in [("shape", shape), ("data_offsets", offsets)]:
+        # JSON integers alone: int() would read a shape of [2.7, 3.9] as (2, 3).
+        if not (isinstance(sizes, list) and all(is_int(size) and size >= 0 for size in sizes)):
+            raise ValueError(f"has {name}={sizes!r}, not a list of non-negative integers")
+    if len(offsets) != 2:
+        raise ValueError(f"has data_offsets={offsets!r}, not a start and a stop")
     if not isinstance(code, str) or code not in DTYPES:
         # Float8, say: a valid file all the same, whose values numpy has no type for.
         raise ValueError(f"holds {code} values, which sksae does not read ({', '.join(DTYPES)})")
     dtype = DTYPES[code].newbyteorder("<")
-    if any(size < 0 for size in shape) or not 0 <= start <= stop:
-        raise ValueError("has a negative size or lies outside the data")
+    shape, (start, stop) = tuple(shape), offsets
+    if start > stop:
+        raise ValueError("lies outside the data")
     if stop - start != math.prod(shape) * dtype.itemsize:
         raise ValueError(f"has {stop - start} bytes for shape {shape}")
     return dtype, shape, start, stop

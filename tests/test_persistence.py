@@ -14,6 +14,7 @@ from sksae._persistence import (
     WEIGHTS_FILE,
     _config_digest,
     _read_safetensors,
+    _read_safetensors_with_metadata,
     _safetensors_bytes,
 )
 
@@ -105,8 +106,9 @@ def test_the_weights_file_is_standard_safetensors(superposition_small, tmp_path)
     sksae.save(model, tmp_path)
     arrays = safetensors_numpy.load_file(str(tmp_path / WEIGHTS_FILE))
     np.testing.assert_array_equal(arrays["components_"], model.components_)
-    # ...and a file written by the safetensors library loads too (with its digest).
-    safetensors_numpy.save_file(arrays, str(tmp_path / WEIGHTS_FILE))
+    # ...and a file written by the safetensors library loads too (with the digests).
+    _, metadata, _ = _read_safetensors_with_metadata(tmp_path / WEIGHTS_FILE)
+    safetensors_numpy.save_file(arrays, str(tmp_path / WEIGHTS_FILE), metadata=metadata)
     digest = hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()
     _edit_config(tmp_path, lambda config: config.update(weights_sha256=digest), reseal=False)
     np.testing.assert_array_equal(sksae.load(tmp_path).components_, model.components_)
@@ -123,14 +125,19 @@ def test_a_model_saved_for_a_gpu_loads_and_encodes_on_a_cpu(
     np.testing.assert_array_equal(sksae.load(tmp_path).transform(X), expected)
 
 
-def _edit_config(path, edit, *, reseal=True):
-    """Edit config.json; ``reseal`` updates the two files' digests of each other, so
-    that the checks behind the digests are what is tested."""
+def _edit_config(path, edit, *, reseal=True, arrays=None):
+    """Edit config.json, and save ``arrays`` (name -> array) as the fitted attributes of
+    those names; ``reseal`` updates the two files' digests of each other, so that the
+    checks behind the digests are what is tested."""
     config = json.loads((path / CONFIG_FILE).read_text())
     edit(config)
     if reseal:
         config.pop("weights_sha256", None)
         tensors = _read_safetensors(path / WEIGHTS_FILE)
+        for name, array in (arrays or {}).items():
+            tensors[name] = array
+            reference = {"__tensor__": name, "dtype": str(array.dtype), "shape": list(array.shape)}
+            config["state"][name] = reference
         weights = _safetensors_bytes(tensors, {"config_sha256": _config_digest(config)})
         (path / WEIGHTS_FILE).write_bytes(weights)
         config["weights_sha256"] = hashlib.sha256(weights).hexdigest()
@@ -142,11 +149,23 @@ def _set_shape(config):
 
 
 def _corrupt_weights(path, transform):
-    """Damage the weights file, and drop its digest so that the checks of the file's
-    structure are what is tested (the digest alone catches any change)."""
-    data = (path / WEIGHTS_FILE).read_bytes()
-    (path / WEIGHTS_FILE).write_bytes(transform(data))
-    _edit_config(path, lambda config: config.pop("weights_sha256"), reseal=False)
+    """Damage the weights file, and record the digest of the damage so that the checks
+    of the file's structure are what is tested (the digest alone catches any change)."""
+    data = transform((path / WEIGHTS_FILE).read_bytes())
+    (path / WEIGHTS_FILE).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    _edit_config(path, lambda config: config.update(weights_sha256=digest), reseal=False)
+
+
+def _strip_config_digest(path):
+    """Write the weights file without the digest of config.json it holds."""
+    tensors = _read_safetensors(path / WEIGHTS_FILE)
+    _corrupt_weights(path, lambda _: _safetensors_bytes(tensors))
+
+
+def _make_a_directory(file):
+    file.unlink()
+    file.mkdir()
 
 
 def _flip_a_weight_byte(path):
@@ -163,7 +182,10 @@ def _flip_a_weight_byte(path):
         (lambda p: _edit_config(p, lambda c: c.update({"format_version": 99})), "version"),
         (lambda p: _edit_config(p, lambda c: c["params"].update({"bad": 1})), "unknown param"),
         (lambda p: _edit_config(p, lambda c: c["params"].update({"k": -1})), "invalid param"),
-        (lambda p: _edit_config(p, lambda c: c["state"].pop("components_")), "lacks a fitted"),
+        (
+            lambda p: _edit_config(p, lambda c: c["state"].pop("components_")),
+            "lacks the fitted attributes components_",
+        ),
         (
             lambda p: _edit_config(p, lambda c: c["state"].update(n_features_in_=3)),
             "n_features_in_",
@@ -181,6 +203,14 @@ def _flip_a_weight_byte(path):
         (lambda p: _corrupt_weights(p, lambda d: d[:8] + b"[" + d[9:]), "not JSON"),
         (lambda p: _corrupt_weights(p, lambda d: d + b"\0" * 8), "longer than its entries"),
         (_flip_a_weight_byte, "SHA-256"),
+        # Without its digests, an altered file would load: they cannot be dropped.
+        (
+            lambda p: _edit_config(p, lambda c: c.pop("weights_sha256"), reseal=False),
+            "config.json lacks weights_sha256",
+        ),
+        (_strip_config_digest, "model.safetensors lacks config_sha256"),
+        (lambda p: _make_a_directory(p / CONFIG_FILE), "config.json cannot be read"),
+        (lambda p: _make_a_directory(p / WEIGHTS_FILE), "model.safetensors cannot be read"),
     ],
 )
 def test_a_damaged_file_is_rejected_with_a_clear_error(
@@ -190,6 +220,117 @@ def test_a_damaged_file_is_rejected_with_a_clear_error(
     corrupt(tmp_path)
     with pytest.raises(ValueError, match=match):
         sksae.load(tmp_path)
+
+
+def test_load_of_a_file_names_it(superposition_small, tmp_path):
+    sksae.save(_fit(X=superposition_small[0]), tmp_path)
+    with pytest.raises(ValueError, match=r"config\.json/config\.json cannot be read"):
+        sksae.load(tmp_path / CONFIG_FILE)
+
+
+@pytest.fixture(scope="module")
+def models(superposition_small):
+    """Fitted models to save and alter, by activation."""
+    X = superposition_small[0]
+    return {
+        "topk": _fit(X=X),
+        "jumprelu": _fit(X=X, activation="jumprelu", normalize_input="mean_norm"),
+        "detector": _fit(SparseAutoencoderOutlierDetector, X=X),
+    }
+
+
+def _set_sparsifier_param(config, name, value):
+    params = config["state"]["_fitted_sparsifier_params"]["__dict__"]
+    params[:] = [[key, item] for key, item in params if key != name] + [[name, value]]
+
+
+@pytest.mark.parametrize(
+    "model, edit, arrays, match",
+    [
+        ("jumprelu", None, {"threshold_": np.full(64, np.nan)}, "threshold_ must be"),
+        ("jumprelu", None, {"threshold_": np.full(64, -0.1)}, "threshold_ must be"),
+        ("jumprelu", None, {"threshold_": np.zeros(3)}, "threshold_ must be"),
+        ("jumprelu", None, {"threshold_": np.zeros(64, np.int64)}, "threshold_ must be"),
+        ("topk", None, {"threshold_": np.zeros(())}, "threshold_ must be"),
+        (
+            "jumprelu",
+            lambda c: (c["state"].pop("threshold_"), c["state"].pop("_training_units")),
+            None,
+            "lacks the fitted attribute threshold_, which activation='jumprelu' needs",
+        ),
+        # The sparsifier must fit components_, and be one a fit could make.
+        ("topk", lambda c: _set_sparsifier_param(c, "k", 100), None, "_fitted_sparsifier_par"),
+        ("topk", lambda c: _set_sparsifier_param(c, "k", 0), None, "_fitted_sparsifier_params"),
+        ("topk", lambda c: _set_sparsifier_param(c, "k", 2.5), None, "_fitted_sparsifier_params"),
+        ("jumprelu", lambda c: _set_sparsifier_param(c, "n_latents", 3), None, "_fitted_spars"),
+        ("topk", lambda c: _set_sparsifier_param(c, "activation", "gelu"), None, "_fitted_spar"),
+        ("topk", lambda c: _set_sparsifier_param(c, "max_iter", 3), None, "_fitted_sparsifier"),
+        ("topk", lambda c: c["state"].update(input_scale_=0.0), None, "input_scale_ must be"),
+        (
+            "topk",
+            lambda c: c["state"].update(input_scale_={"__float__": "nan"}),
+            None,
+            "input_scale_ must be",
+        ),
+        ("topk", lambda c: c["state"].update(n_iter_="3"), None, "n_iter_ must be"),
+        ("topk", lambda c: c["state"].update(components_=[[1.0]]), None, "components_ must be"),
+        ("topk", None, {"feature_density_": np.zeros(3)}, "feature_density_ must be"),
+        (
+            "jumprelu",
+            lambda c: c["state"].update(
+                _training_units={"__dict__": [["threshold_", c["state"]["components_"]]]}
+            ),
+            None,
+            "_training_units must be",
+        ),
+        ("detector", lambda c: c["state"].update(offset_=None), None, "offset_ must be"),
+        # Every entry a fit always sets, and no other: an entry named after a method or a
+        # parameter would replace it.
+        ("topk", lambda c: c["state"].pop("n_features_in_"), None, "lacks the fitted attrib"),
+        ("detector", lambda c: c["state"].pop("offset_"), None, "lacks the fitted attributes"),
+        ("topk", lambda c: c["state"].update(transform=0), None, "unknown fitted attributes"),
+        ("topk", lambda c: c["state"].update(k=5), None, "unknown fitted attributes: k"),
+        ("topk", lambda c: c["state"].update(offset_=0.0), None, "unknown fitted attributes"),
+    ],
+)
+def test_a_state_no_fit_gives_is_rejected(models, tmp_path, model, edit, arrays, match):
+    # Digests and all: as a crafted file, or another writer, would be.
+    sksae.save(models[model], tmp_path)
+    _edit_config(tmp_path, edit or (lambda config: None), arrays=arrays)
+    with pytest.raises(ValueError, match=match):
+        sksae.load(tmp_path)
+
+
+def test_the_state_of_an_untrained_batchtopk_threshold_or_of_an_earlier_sksae_loads(tmp_path):
+    # A fit on zeros keeps no positive activation: BatchTopK's threshold stays NaN.
+    model = _fit(X=np.zeros((50, 4)), n_components=8, k=2, activation="batchtopk")
+    assert np.isnan(model.threshold_)
+    sksae.save(model, tmp_path)
+    _assert_same(vars(model), vars(sksae.load(tmp_path)))
+    # Entries that the first versions of sksae did not write.
+    later = ["n_samples_seen_", "_fit_progress", "_training_units", "_trainer_state"]
+    _edit_config(tmp_path, lambda config: [config["state"].pop(name) for name in later])
+    assert not set(later) & set(vars(sksae.load(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"shape": [2.7, 3.9], "data_offsets": [0, 48]},
+        {"shape": [2.0, 3.0], "data_offsets": [0, 48]},
+        {"shape": ["2", "3"], "data_offsets": [0, 48]},
+        {"shape": [True, 6], "data_offsets": [0, 48]},
+        {"shape": [2, 3], "data_offsets": [0.0, 48.0]},
+        {"shape": [2, 3], "data_offsets": [0, 24, 48]},
+        {"shape": 6, "data_offsets": [0, 48]},
+    ],
+)
+def test_a_safetensors_entry_of_non_integer_sizes_is_rejected(tmp_path, entry):
+    header = json.dumps({"x": {"dtype": "F64", **entry}}).encode()
+    file = tmp_path / "x.safetensors"
+    file.write_bytes(len(header).to_bytes(8, "little") + header + np.arange(6.0).tobytes())
+    with pytest.raises(ValueError, match=r"entry 'x' has (shape|data_offsets)="):
+        _read_safetensors(file)
 
 
 def test_non_finite_weights_are_rejected(superposition_small, tmp_path):
