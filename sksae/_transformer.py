@@ -604,6 +604,7 @@ class SparseAutoencoderTransformer(
                 generator if self.shuffle else None,
                 history,
                 progress,
+                new_model=not warm,
             )
         if interrupted:
             raise KeyboardInterrupt
@@ -679,7 +680,9 @@ class SparseAutoencoderTransformer(
         order = torch.randperm(n_samples, generator=generator).numpy()
         return X[np.sort(order[n_validation:])], X[np.sort(order[:n_validation])]
 
-    def _run_epochs(self, X, X_fit, X_val, scale, trainer, generator, history, progress):
+    def _run_epochs(
+        self, X, X_fit, X_val, scale, trainer, generator, history, progress, *, new_model
+    ):
         """Epochs until ``max_iter``, a callback's stop, or the end of the cool-down.
 
         Training runs on ``X_fit`` (and validation on ``X_val``, or ``None``), in the
@@ -691,14 +694,14 @@ class SparseAutoencoderTransformer(
         :class:`_History` to continue (the fitted model's for a warm start).
         ``progress`` is where this fit starts: its seed, the epochs it has already run
         and its plateau counter (``_fit_progress`` of an interrupted fit, which each
-        epoch records).
+        epoch records). ``new_model``: whether this fit initialised the model, whose
+        outcome it then vouches for (:meth:`_warn_of_a_poor_fit`).
 
         Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
         the estimator then holds the last completed epoch. One within the first epoch
         propagates. A Ctrl-C while an epoch's record or the fitted attributes are
         written is held until they are whole: the epoch then counts as completed.
         """
-        new_model = history.n_iter == 0
         device, dtype = trainer.model.W_dec.device, trainer.model.W_dec.dtype
         X_rows = training_rows(X_fit, device, dtype)
         X_val_rows = None if X_val is None else training_rows(X_val, device, dtype)
