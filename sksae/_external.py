@@ -36,7 +36,12 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._persistence import _read_safetensors_with_metadata, _safetensors_bytes, _write_atomically
+from ._persistence import (
+    _read_json,
+    _read_safetensors_with_metadata,
+    _safetensors_bytes,
+    _write_atomically,
+)
 from ._transformer import SparseAutoencoderTransformer, _set_weights
 
 __all__ = ["export", "load_external"]
@@ -254,7 +259,7 @@ def _from_sparsify(directory):
     """sparsify's ``SparseCoder``: ``top_k(ReLU(encoder(x - b_dec)))``, decoded by
     ``W_dec``, both ``[num_latents, d_in]`` like sksae's matrices."""
     cfg_file, weights_file = directory / "cfg.json", directory / "sae.safetensors"
-    cfg = {**_SPARSIFY_DEFAULTS, **_read_json(cfg_file)}
+    cfg = {**_SPARSIFY_DEFAULTS, **_read_config(cfg_file)}
     for flag, feature in [
         ("skip_connection", "a skip connection (W_skip)"),
         ("transcode", "a transcoder (an encoder of one activation, decoded into another)"),
@@ -309,7 +314,7 @@ def _from_saelens(directory):
     ``[d_sae, d_in]``. Reads the configurations of v6 (``architecture`` and ``k``) and of
     v5 (``activation_fn_str`` or ``activation_fn``, and ``activation_fn_kwargs``)."""
     cfg_file, weights_file = directory / "cfg.json", directory / "sae_weights.safetensors"
-    cfg = _read_json(cfg_file)
+    cfg = _read_config(cfg_file)
     architecture = _string(cfg, "architecture", "standard", cfg_file)
     activation_fn = _string(
         cfg, "activation_fn_str", _string(cfg, "activation_fn", "relu", cfg_file), cfg_file
@@ -430,7 +435,7 @@ def _from_dictionary_learning(directory):
     """dictionary_learning: the ``ae.pt`` of the ``dict_class`` that ``config.json``
     names, loaded as its ``load_dictionary`` does."""
     config_file, weights_file = directory / "config.json", directory / "ae.pt"
-    trainer = _read_json(config_file).get("trainer")
+    trainer = _read_config(config_file).get("trainer")
     if not isinstance(trainer, dict):
         raise ValueError(f"{config_file} has no 'trainer' entry: not a dictionary_learning run.")
     if "dict_class" not in trainer:
@@ -646,15 +651,8 @@ def _rounded_to(array, dtype_name):
     return half.to(torch.float32).numpy()
 
 
-def _read_json(file):
-    try:
-        config = json.loads(file.read_text())
-    except FileNotFoundError as exc:
-        raise ValueError(f"{file} is missing.") from exc
-    except OSError as exc:  # a directory, say
-        raise ValueError(f"{file} cannot be read: {exc}") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file} is not valid JSON: {exc}") from exc
+def _read_config(file):
+    config = _read_json(file, f"{file} is missing.")
     if not isinstance(config, dict):
         raise ValueError(f"{file} is not a JSON object.")
     return config

@@ -171,11 +171,9 @@ def load(path):
     """
     directory = Path(path)
     config_file = directory / CONFIG_FILE
-    data = _read_bytes(config_file, f"{directory} holds no {CONFIG_FILE}: not a saved sksae model.")
-    try:
-        config = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{config_file} is not valid JSON: {exc}") from exc
+    config = _read_json(
+        config_file, f"{directory} holds no {CONFIG_FILE}: not a saved sksae model."
+    )
     cls = _check_config(config, directory)
     weights_sha256 = config.pop("weights_sha256")
     tensors, metadata, _ = _read_safetensors_with_metadata(directory / WEIGHTS_FILE, weights_sha256)
@@ -565,6 +563,15 @@ def _read_bytes(path, missing):
         raise ValueError(missing) from exc
     except OSError as exc:
         raise ValueError(f"{path} cannot be read: {exc.strerror or exc}.") from exc
+
+
+def _read_json(path, missing):
+    """The JSON value in the file ``path``; a ``ValueError`` saying ``missing`` where
+    there is none, or why it cannot be read or parsed."""
+    try:
+        return json.loads(_read_bytes(path, missing))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def _write_atomically(path, data):
