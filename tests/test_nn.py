@@ -140,6 +140,12 @@ def test_jumprelu_straight_through_gradients_follow_the_paper(device):
     assert pre.grad is None
 
 
+def test_jumprelu_thresholds_start_at_the_bandwidth_exactly():
+    # Not at its float32 rounding, 0.0010000000474974513.
+    threshold = JumpReLU(n_latents=3, bandwidth=1e-3).threshold
+    assert threshold.dtype == torch.float64 and threshold.tolist() == [1e-3] * 3
+
+
 def test_jumprelu_window_is_exact_around_a_large_threshold():
     # Around 1000, float32 values are 6e-5 apart: bounds 1000 -+ 5e-4 rounded to nearest
     # would take in or leave out the values next to the window's edges.

@@ -312,7 +312,7 @@ class JumpReLU(Sparsifier):
         super().__init__()
         self.bandwidth = bandwidth
         if threshold is None:
-            threshold = torch.full((n_latents,), bandwidth)
+            threshold = torch.full((n_latents,), bandwidth, dtype=torch.float64)
         if (threshold < 0).any():
             # The training code's backward pass relies on it (see _JumpReLUFunction).
             raise ValueError(
