@@ -82,9 +82,12 @@ _POOR_FIT_FVU = 2.0
 _UNIT_NORM_TOLERANCE = 1e-4
 #: Parameters read by transform, score and their kin, which may change after fit.
 _INFERENCE_PARAMS = ("transform_algorithm", "transform_n_candidates", "sparse_output")
-#: Attributes the callback machinery of ``_fit_context`` manages itself; a failed fit
-#: rolls back everything else.
-_CALLBACK_ATTRIBUTES = frozenset({"_callback_fit_ctx", "_skl_callbacks_to_teardown"})
+#: Attributes the callback machinery manages itself (``_fit_context``'s, and a
+#: meta-estimator's such as a Pipeline, which links its context for the fit of each
+#: step); a failed fit rolls back everything else.
+_CALLBACK_ATTRIBUTES = frozenset(
+    {"_callback_fit_ctx", "_skl_callbacks_to_teardown", "_parent_callback_ctx"}
+)
 
 
 class _History(NamedTuple):

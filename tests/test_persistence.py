@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 import sksae
 from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
@@ -123,6 +125,35 @@ def test_a_model_saved_for_a_gpu_loads_and_encodes_on_a_cpu(
     sksae.save(model.set_params(device="cuda"), tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     np.testing.assert_array_equal(sksae.load(tmp_path).transform(X), expected)
+
+
+class _SaveEachEpoch:
+    """A fit callback that saves the model of each epoch, as a checkpoint would."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def setup(self, estimator, context):
+        pass
+
+    def on_fit_task_begin(self, estimator, context, **kwargs):
+        pass
+
+    def on_fit_task_end(self, estimator, context, *, fitted_estimator=None, **kwargs):
+        if context.parent is not None:  # an epoch, not the whole fit
+            sksae.save(fitted_estimator, self.directory / f"epoch{fitted_estimator.n_iter_}")
+
+    def teardown(self, estimator, context):
+        pass
+
+
+def test_a_step_of_a_pipeline_saves_from_a_callback(superposition_small, tmp_path):
+    # During the fit of each step, a Pipeline links its callback context to the step's
+    # (_parent_callback_ctx), which is no part of the model.
+    X, _ = superposition_small
+    sae = SparseAutoencoderTransformer(n_components=64, k=3, max_iter=2, random_state=0)
+    make_pipeline(sae.set_callbacks(_SaveEachEpoch(tmp_path)), StandardScaler()).fit(X)
+    np.testing.assert_array_equal(sksae.load(tmp_path / "epoch2").components_, sae.components_)
 
 
 def _edit_config(path, edit, *, reseal=True, arrays=None):
