@@ -570,7 +570,7 @@ class SparseAutoencoderTransformer(
                 self._check_same_model_shape()
                 scale = self.input_scale_
             else:
-                scale = self._input_scale(X)
+                scale = self._input_scale(X, dtype)
                 # The epochs' fitted_estimator (sklearn's callbacks) is a copy of this
                 # estimator with the epoch's attributes set: a threshold_ of the last fit
                 # would outlive a refit whose activation has none.
@@ -874,7 +874,7 @@ class SparseAutoencoderTransformer(
             self._warn_of_emulated_autocast(device, dtype)
             if first_call:
                 history = _History([], 0, 0)
-                scale = self._input_scale(X)
+                scale = self._input_scale(X, dtype)
                 generator = torch.Generator().manual_seed(_seed(self.random_state))
                 model = self._new_model(_scaled(X, scale, dtype), generator, device, dtype)
                 trainer = self._new_trainer(model, None)
@@ -1197,12 +1197,22 @@ class SparseAutoencoderTransformer(
             requires_grad=training,
         )
 
-    def _input_scale(self, X):
-        """The factor ``normalize_input`` applies to the training data (1.0 for none)."""
+    def _input_scale(self, X, dtype):
+        """The factor ``normalize_input`` applies to the training data (1.0 for none),
+        which trains in ``dtype``."""
         if self.normalize_input == "none":
             return 1.0
         mean_norm = _mean_row_norm(X)
-        return math.sqrt(X.shape[1]) / mean_norm if mean_norm > 0 else 1.0
+        if mean_norm == 0:
+            return 1.0
+        scale = math.sqrt(X.shape[1]) / mean_norm
+        if scale > float(np.finfo(dtype).max):
+            raise ValueError(
+                f"normalize_input='mean_norm' would scale X by {scale:.3g}, beyond the "
+                f"range of {np.dtype(dtype)}: the rows of X have a mean norm of "
+                f"{mean_norm:.3g}. Pass X as float64, or scale it first."
+            )
+        return scale
 
     def _learning_rate(self):
         if self.learning_rate is not None:
@@ -1348,15 +1358,24 @@ class SparseAutoencoderTransformer(
         score : float
         """
         X = self._validate_input(X)
-        residual = self._squared_errors(X).sum(dtype=np.float64)
-        total = squared_deviation_sum(X)
+        # Both sums in units of the largest value of X, whose ratio is the same: the
+        # squares of tiny values underflow (float32 values below about 1e-19).
+        scale = _largest_magnitude(X) or 1.0
+        residual = self._squared_errors(X, scale).sum()
+        total = squared_deviation_sum(X, scale=scale)
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
 
-    def _squared_errors(self, X):
+    def _squared_errors(self, X, scale=None):
+        """``||x - x_hat||^2`` for each row of ``X``, in its dtype; or, given ``scale``,
+        in float64 and in units of ``scale``, where tiny errors do not underflow nor
+        huge ones overflow."""
         encode = self._encoder()
 
         def squared_error(model, x):
-            return (x - model.decode(encode(model, x))).square().sum(dim=1)
+            residual = x - model.decode(encode(model, x))
+            if scale is not None:
+                residual = residual.double().div_(scale)
+            return residual.square().sum(dim=1)
 
         return self._map_rows(squared_error, X)
 
@@ -1462,7 +1481,7 @@ def _check_magnitude(X, name, dtype=None):
         # max and min would sum the duplicates of the caller's matrix in place; the copy
         # is the validated X, whose duplicates later steps may sum too.
         X = X.copy()
-    largest = max(abs(float(X.max())), abs(float(X.min())))
+    largest = _largest_magnitude(X)
     dtype = np.dtype(X.dtype if dtype is None else dtype).newbyteorder("=")
     bound = math.sqrt(np.finfo(dtype).max / (1e3 * X.shape[1]))
     if largest > bound:
@@ -1474,16 +1493,24 @@ def _check_magnitude(X, name, dtype=None):
     return X
 
 
+def _largest_magnitude(X):
+    """``max |X|`` of a validated array or scipy.sparse matrix (in canonical format: its
+    ``max`` and ``min`` would sum duplicate entries in place)."""
+    return max(abs(float(X.max())), abs(float(X.min())))
+
+
 def _mean_row_norm(X):
     """The mean Euclidean norm of the rows of ``X`` (dense or scipy.sparse)."""
-    # In float64, a chunk at a time: float32 squares of values below about 1e-19
-    # underflow, and at 1e-25 every norm came out 0.
+    # In float64 and in units of the largest value, a chunk at a time: the squares of
+    # float32 values below about 1e-19 underflow (at 1e-25 every norm came out 0), and
+    # those of float64 values below about 1e-154.
+    scale = _largest_magnitude(X) or 1.0
     chunk_rows = rows_per_chunk(X.shape[1])
     norm_sum = sum(
-        row_norms(X[start : start + chunk_rows].astype(np.float64)).sum()
+        row_norms(X[start : start + chunk_rows].astype(np.float64) / scale).sum()
         for start in range(0, X.shape[0], chunk_rows)
     )
-    return float(norm_sum / X.shape[0])
+    return float(norm_sum / X.shape[0] * scale)
 
 
 def _make_sparsifier(params, **state):

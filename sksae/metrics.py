@@ -53,8 +53,11 @@ def fvu(X, X_hat):
     X, X_hat = _dense_floats(X, "X"), _dense_floats(X_hat, "X_hat")
     if X.shape != X_hat.shape:
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
-    residual = np.square(X - X_hat).sum()
-    total = squared_deviation_sum(X)  # exactly 0 when the rows are all the same
+    # Both sums in units of the largest value of X, whose ratio is the same: squares of
+    # values beyond about 1e154 overflow, and below about 1e-154 underflow.
+    scale = np.abs(X).max() or 1.0
+    residual = np.square((X - X_hat) / scale).sum()
+    total = squared_deviation_sum(X, scale=scale)  # exactly 0 when the rows are all the same
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(residual / total)
 
@@ -207,7 +210,8 @@ def mmcs(true_directions, learned_directions):
         raise ValueError(
             f"true_directions has {true.shape[1]} features, learned_directions {learned.shape[1]}."
         )
-    return float(np.abs(true @ learned.T).max(axis=1).mean())
+    # Rounding can take the cosine of parallel unit rows just past 1.
+    return float(np.minimum(np.abs(true @ learned.T).max(axis=1), 1.0).mean())
 
 
 def _checked_matrix(A, name):

@@ -109,6 +109,21 @@ def test_mmcs_of_huge_or_subnormal_directions(scale):
     assert mmcs(np.array([[scale, 0.0]]), np.array([[1.0, 0.0]])) == 1.0
 
 
+@pytest.mark.parametrize("scale", [1e160, 1e-170])
+@pytest.mark.parametrize("container", [np.asarray, sp.csr_array])
+def test_fvu_of_huge_or_tiny_data(scale, container):
+    # Their squares overflow or underflow: the FVU came out NaN.
+    X = np.random.default_rng(0).standard_normal((50, 4))
+    assert fvu(container(scale * X), scale * X / 2) == pytest.approx(fvu(X, X / 2), rel=1e-12)
+    assert fvu(container(scale * X), np.zeros_like(X)) == pytest.approx(
+        fvu(X, np.zeros_like(X)), rel=1e-12
+    )
+
+
+def test_mmcs_of_a_direction_and_itself_is_one():
+    assert mmcs([[1.0, 1.0, 1.0]], [[1.0, 1.0, 1.0]]) == 1.0  # not 1.0000000000000002
+
+
 def test_fvu_and_mmcs_take_sparse_matrices():
     X = np.array([[1.0, 2.0], [3.0, 2.0], [2.0, 5.0]])
     X_hat = np.array([[1.0, 2.0], [3.0, 3.0], [2.0, 0.0]])

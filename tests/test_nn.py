@@ -23,7 +23,7 @@ from sksae._nn.sparsifiers import (
     _zero_at_or_below,
     count_true,
 )
-from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged
+from sksae._nn.training import AuxK, Schedule, Trainer, TrainingDiverged, evaluate_fvu
 
 
 def _model(sparsifier, n_features=6, n_latents=20, seed=0, device="cpu"):
@@ -663,6 +663,19 @@ def test_divergence_is_detected_by_growth_not_only_by_nan():
     with pytest.raises(TrainingDiverged, match="all-zero code"):
         for _ in range(5):
             trainer.run_epoch(DenseRows(X), batch_size=32)
+
+
+def test_the_variance_and_fvu_of_tiny_float32_rows():
+    # Squared in float32, values of 1e-25 underflow: a variance of 0 and an FVU of NaN.
+    X = torch.randn(300, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = _model(TopK(k=2))
+    with torch.no_grad():  # without biases, the codes scale with the data
+        model.b_dec.zero_()
+        model.b_enc.zero_()
+    expected = DenseRows(X).variance(), evaluate_fvu(model, DenseRows(X))
+    tiny = DenseRows((1e-25 * X).float())
+    assert tiny.variance() == pytest.approx(1e-50 * expected[0], rel=1e-5)
+    assert evaluate_fvu(model.float(), tiny) == pytest.approx(expected[1], rel=1e-5)
 
 
 def test_map_rows_pads_chunks_and_keeps_row_order():

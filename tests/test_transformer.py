@@ -606,6 +606,37 @@ def test_the_input_scale_of_tiny_float32_data_is_its_own(container):
     assert sae.input_scale_ == pytest.approx(4 / np.linalg.norm(X, axis=1).mean(), rel=1e-6)
 
 
+def test_the_input_scale_of_tiny_float64_data_is_its_own():
+    # Squared in float64, values below about 1e-162 underflow.
+    X = make_sparse_superposition(3000, 16, 48, 3, random_state=0)
+    unit = _sae(normalize_input="mean_norm", max_iter=1).fit(X).input_scale_
+    assert _sae(normalize_input="mean_norm", max_iter=1).fit(1e-170 * X).input_scale_ == (
+        pytest.approx(1e170 * unit, rel=1e-12)
+    )
+
+
+@pytest.mark.parametrize("train", ["fit", "partial_fit"])
+def test_an_input_scale_beyond_float32_is_refused(train):
+    X = (1e-44 * np.random.default_rng(0).standard_normal((200, 6))).astype(np.float32)
+    sae = _sae(n_components=16, k=2, max_iter=1, normalize_input="mean_norm")
+    with pytest.raises(ValueError, match=r"scale X by 1\.\d+e\+44, beyond the range of float32"):
+        getattr(sae, train)(X)
+    assert getattr(sae, train)(X.astype(np.float64)).input_scale_ > 1e44
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_score_of_tiny_data_is_that_of_the_same_data_unscaled(dtype):
+    # The squared errors of 1e-25 float32 values underflowed to 0: a score of 1.0.
+    X = make_sparse_superposition(3000, 16, 48, 3, random_state=0)
+    factor = 1e-25 if dtype == np.float32 else 1e-170
+    sae = _sae(normalize_input="mean_norm", max_iter=1).fit((factor * X).astype(dtype))
+    unit = _sae(normalize_input="mean_norm", max_iter=1).fit(X.astype(dtype))
+    assert sae.score((factor * X).astype(dtype)) == pytest.approx(
+        unit.score(X.astype(dtype)), rel=1e-4
+    )
+    assert sae.score((factor * X).astype(dtype)) < 0.99
+
+
 @pytest.mark.parametrize("train", ["fit", "partial_fit"])
 def test_a_fit_worse_than_the_mean_warns_of_the_data_scale(train):
     # The default learning rate moves the decoder bias by about 4e-3 a step, where these
@@ -621,6 +652,14 @@ def test_a_fit_worse_than_the_mean_warns_of_the_data_scale(train):
         warnings.simplefilter("error", ConvergenceWarning)
         scaled = getattr(_sae(**params, normalize_input="mean_norm"), train)(X)
     assert scaled.score(X) > 0.5
+
+
+def test_a_poor_fit_of_tiny_float32_data_warns():
+    # Its variance, squared in float32, underflowed to 0: the FVU was NaN, and no
+    # warning came.
+    X = (1e-25 * make_sparse_superposition(3000, 16, 48, 3, random_state=0)).astype(np.float32)
+    with pytest.warns(ConvergenceWarning, match=r"FVU of .*e\+4\d.* mean norm of .*e-25"):
+        _sae(max_iter=3).fit(X)
 
 
 def test_partial_fit_keeps_the_scale_of_its_first_call():

@@ -143,15 +143,24 @@ class DenseRows:
     def variance(self):
         """Mean squared distance of a row to the mean row (the denominator of FVU).
 
-        Computed once, chunk by chunk: no temporary the size of the data.
+        Computed once, chunk by chunk: no temporary the size of the data. The squares
+        are taken in the rows' dtype, unless they are so small there (float32 values
+        below about 1e-16) that they lose digits or underflow: then in float64.
         """
         if self._variance is None:
             mean, chunk_rows = self.mean(), rows_per_chunk(self.tensor.shape[1])
-            total = sum(
-                squared_norm_sum(self.tensor[start : start + chunk_rows] - mean)
-                for start in range(0, len(self), chunk_rows)
-            )
-            self._variance = total.item() / len(self)
+
+            def squared_deviations(dtype):
+                return sum(
+                    squared_norm_sum((self.tensor[start : start + chunk_rows] - mean).to(dtype))
+                    for start in range(0, len(self), chunk_rows)
+                ).item()
+
+            total = squared_deviations(self.tensor.dtype)
+            finfo = torch.finfo(self.tensor.dtype)
+            if total < finfo.tiny / finfo.eps * self.tensor.numel():
+                total = squared_deviations(torch.float64)
+            self._variance = total / len(self)
         return self._variance
 
 
@@ -238,8 +247,9 @@ def column_means(X):
     return first + deviation_sums / X.shape[0]
 
 
-def squared_deviation_sum(X):
-    """``sum_i ||x_i - mean(X)||^2`` in float64, without a dense copy of ``X``.
+def squared_deviation_sum(X, *, scale=1.0):
+    """``sum_i ||x_i - mean(X)||^2``, in units of ``scale`` (the squares of
+    ``(x_i - mean) / scale``), in float64, without a dense copy of ``X``.
 
     Dense: by chunks of about a million values. Sparse: per column, the squared
     deviations of the stored entries plus ``mean^2`` for each implicit zero; the shortcut
@@ -259,12 +269,12 @@ def squared_deviation_sum(X):
     if sp.issparse(X):
         total, stored_per_column = 0.0, np.zeros(X.shape[1])
         for columns, values in _stored_entries(X):
-            total += float(np.square(values - mean[columns]).sum())
+            total += float(np.square((values - mean[columns]) / scale).sum())
             stored_per_column += np.bincount(columns, minlength=X.shape[1])
-        return total + float((X.shape[0] - stored_per_column) @ np.square(mean))
+        return total + float((X.shape[0] - stored_per_column) @ np.square(mean / scale))
     chunk_rows = rows_per_chunk(X.shape[1])
     return sum(
-        float(np.square(X[start : start + chunk_rows] - mean).sum())
+        float(np.square((X[start : start + chunk_rows] - mean) / scale).sum())
         for start in range(0, X.shape[0], chunk_rows)
     )
 

@@ -558,6 +558,8 @@ def evaluate_fvu(model, X):
     for start in range(0, len(X), chunk_rows):
         x = X.take(slice(start, start + chunk_rows))
         x_hat = model.decode(model.encode(x))
-        residual += squared_norm_sum(x - x_hat).item()
-        total += squared_norm_sum(x - mean).item()
+        # In float64: the squares of tiny float32 data underflow. The copies are of a
+        # chunk, and the encoder's product costs n_latents times more.
+        residual += squared_norm_sum(x.double() - x_hat.double()).item()
+        total += squared_norm_sum(x.double() - mean.double()).item()
     return residual / total if total > 0 else math.nan
