@@ -999,9 +999,11 @@ class SparseAutoencoderTransformer(
 
     def _warn_of_a_poor_fit(self, stats, X, stacklevel):
         """Warn when the last training pass of a new model (its :class:`EpochStats`)
-        reconstructed the training data ``X`` worse than their mean by far, with the
-        likely cause (see :data:`_POOR_FIT_FVU`)."""
-        if not stats.fvu > _POOR_FIT_FVU:  # a NaN FVU (constant data) is no sign
+        reconstructed the training data ``X`` worse than their mean by far, over the pass
+        or after its last step, with the likely cause (see :data:`_POOR_FIT_FVU`)."""
+        # A NaN FVU (constant data) is no sign.
+        fvu = max((fvu for fvu in [stats.fvu, stats.last_step_fvu] if fvu > 0), default=0)
+        if not fvu > _POOR_FIT_FVU:
             return
         if self.normalize_input == "none":
             advice = (
@@ -1013,8 +1015,9 @@ class SparseAutoencoderTransformer(
             advice = "lower it"
         warnings.warn(
             f"{type(self).__name__} reconstructs its training data worse than their mean "
-            f"does (a training FVU of {stats.fvu:.3g} in its last pass). The learning_rate "
-            f"({self._learning_rate():.3g}) is likely too high for this data; {advice}.",
+            f"does (a training FVU of {fvu:.3g}, over its last pass or after its last step). "
+            f"The learning_rate ({self._learning_rate():.3g}) is likely too high for this "
+            f"data; {advice}.",
             ConvergenceWarning,
             stacklevel=stacklevel,
         )

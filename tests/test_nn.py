@@ -665,6 +665,16 @@ def test_divergence_is_detected_by_growth_not_only_by_nan():
             trainer.run_epoch(DenseRows(X), batch_size=32)
 
 
+def test_an_overflowing_adam_moment_is_divergence():
+    # A squared gradient past float32's range froze every weight it touched (Adam's
+    # step is then 0), and training went on as if nothing had happened.
+    model = _model(ReLU()).float()
+    trainer = Trainer(model, learning_rate=1e-3, alpha=1e25)
+    X = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(TrainingDiverged, match=r"Adam's running average: a gradient passed 1\.8e"):
+        trainer.run_epoch(DenseRows(X), batch_size=64)
+
+
 def test_the_variance_and_fvu_of_tiny_float32_rows():
     # Squared in float32, values of 1e-25 underflow: a variance of 0 and an FVU of NaN.
     X = torch.randn(300, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

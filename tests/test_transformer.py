@@ -1362,6 +1362,22 @@ def test_a_last_step_to_non_finite_weights_is_divergence(train):
     assert not any(name.endswith("_") and not name.startswith("_") for name in vars(sae))
 
 
+@pytest.mark.parametrize("train", ["fit", "partial_fit"])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_a_last_step_that_wrecks_the_model_is_caught(train, activation):
+    # One batch, one step, to finite weights: no loss of the pass sees them.
+    X = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    sae = _sae(activation=activation, n_components=8, k=2, max_iter=1, batch_size=100)
+    # To NaN codes (TopK: W_enc @ b_dec beyond float32) or errors of 1e40: divergence.
+    with pytest.raises(ValueError, match=r"after the last step reached .*learning_rate"):
+        getattr(sae.set_params(learning_rate=1e20), train)(X)
+    assert not any(name.endswith("_") and not name.startswith("_") for name in vars(sae))
+    # To errors of 1e12 (weights of 1e3): a poor fit, which went unwarned.
+    with pytest.warns(ConvergenceWarning, match="after its last step"):
+        getattr(sae.set_params(learning_rate=1e3), train)(X)
+    assert sae.score(X) < -1
+
+
 def test_a_warm_fit_checks_the_data_in_the_fitted_dtype():
     X = np.random.default_rng(0).standard_normal((500, 8))
     sae = _sae(n_components=16, k=2, max_iter=2).fit(X.astype(np.float32))

@@ -19,6 +19,9 @@ from .sparsifiers import Code, count_true
 #: means the fit is running away: a working SAE never does orders of magnitude worse
 #: than reconstructing nothing.
 DIVERGENCE_FACTOR = 1e3
+#: Rows of an epoch's last batch that the model reconstructs after the last step, which
+#: no loss of the epoch sees (:attr:`EpochStats.last_step_fvu`).
+LAST_STEP_ROWS = 64
 
 
 class TrainingDiverged(FloatingPointError):
@@ -113,6 +116,10 @@ class EpochStats(NamedTuple):
     fvu: float
     l0: float
     feature_density: torch.Tensor
+    #: The FVU, after the last step, of a few rows of the last batch (its squared error
+    #: over the variance of the data): what the pass's last step did, which ``fvu``
+    #: does not see (the only step of a one-batch pass).
+    last_step_fvu: float = math.nan
 
 
 class Trainer:
@@ -348,7 +355,9 @@ class Trainer:
 
         Returns an :class:`EpochStats`; raises :class:`TrainingDiverged` if the mean loss
         is non-finite, the mean squared error more than ``DIVERGENCE_FACTOR`` times the
-        reference of the same rows, or a weight non-finite after the last step.
+        reference of the same rows, a weight or Adam's moment non-finite, or the squared
+        error of a few rows of the last batch, after the last step, beyond the model's
+        dtype.
         """
         n_samples = len(X)
         order = None
@@ -370,30 +379,66 @@ class Trainer:
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
             self.steps_since_fired = (self.steps_since_fired + 1).masked_fill_(fired_now > 0, 0)
-        # The losses are those before each step: only the weights show what the last
-        # step did (the only step of a one-batch partial_fit), read in the same sync.
-        finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
-        loss, squared_error, active, reference, weights_finite = torch.cat(
-            [sums / n_samples, finite.to(sums.dtype)[None]]
+        # The losses are those before each step: what the last step did (the only step
+        # of a one-batch partial_fit) shows in the model's reconstruction of a few of
+        # its rows, and in the weights and Adam's moments, read in the same sync.
+        error_after = self._reconstruction_error(batch[:LAST_STEP_ROWS])
+        weights_finite = torch.stack([p.isfinite().all() for p in self.model.parameters()])
+        moments_finite = torch.stack(
+            [
+                moment.isfinite().all()
+                for state in self.optimizer.state.values()
+                for name, moment in state.items()
+                if name in {"exp_avg", "exp_avg_sq"}
+            ]
+        )
+        finite = torch.stack([weights_finite.all(), moments_finite.all()]).to(sums.dtype)
+        loss, squared_error, active, reference, error_after, *finite = torch.cat(
+            [sums / n_samples, error_after[None], finite]
         ).tolist()
-        self._check_divergence(loss, squared_error, reference, weights_finite)
+        self._check_divergence(
+            loss, squared_error, reference, error_after, *finite, dtype=self.model.W_dec.dtype
+        )
         variance = X.variance()
         return EpochStats(
             loss=loss,
             fvu=squared_error / variance if variance > 0 else math.nan,
             l0=active,
             feature_density=(fired / n_samples).cpu(),
+            last_step_fvu=error_after / variance if variance > 0 else math.nan,
         )
 
+    @torch.no_grad()
+    def _reconstruction_error(self, x):
+        """The mean squared error of the model's inference codes of the rows ``x``, in
+        float64: the squares of tiny float32 data underflow."""
+        x_hat = self.model.decode(self.model.encode(x))
+        return (x.to(torch.float64) - x_hat.to(torch.float64)).square().sum() / x.shape[0]
+
     @staticmethod
-    def _check_divergence(loss, squared_error, reference, weights_finite):
-        # The squared error alone is judged: the penalty's scale is alpha's, not the
-        # data's (JumpReLU's alpha * L0 of a wide model can dwarf small data's norm from
-        # the first step), and a runaway fit runs away in its reconstruction too.
+    def _check_divergence(
+        loss, squared_error, reference, error_after, weights_finite, moments_finite, *, dtype
+    ):
         if not math.isfinite(loss):
             raise TrainingDiverged(f"the mean training loss reached {loss}")
         if not weights_finite:
             raise TrainingDiverged("the last step left weights that are inf or NaN")
+        if not moments_finite:
+            raise TrainingDiverged(
+                "a gradient's square overflowed in Adam's running average: a gradient "
+                f"passed {math.sqrt(torch.finfo(dtype).max):.2g}, which a huge alpha gives"
+            )
+        # Only a NaN or an overflow is divergence after the last step: one Adam step
+        # moves the weights by about the learning rate, which may take a poor fit of
+        # small data far from them, but not without bound (see EpochStats.last_step_fvu).
+        if not error_after <= torch.finfo(dtype).max:
+            raise TrainingDiverged(
+                f"the mean squared error after the last step reached {error_after:.3g}, "
+                f"beyond the range of {dtype}"
+            )
+        # The squared error alone is judged: the penalty's scale is alpha's, not the
+        # data's (JumpReLU's alpha * L0 of a wide model can dwarf small data's norm from
+        # the first step), and a runaway fit runs away in its reconstruction too.
         limit = DIVERGENCE_FACTOR * max(reference, torch.finfo(torch.float32).tiny)
         if squared_error > limit:
             raise TrainingDiverged(
