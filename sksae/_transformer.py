@@ -1185,7 +1185,16 @@ class SparseAutoencoderTransformer(
                 unscaled = kept.get(name)
                 same = unscaled is not None and np.array_equal(unscaled / scale, array)
                 array = unscaled if same else array * scale
-            return to_tensor(array.astype(dtype, copy=training), device)
+            with np.errstate(over="ignore"):
+                converted = array.astype(dtype, copy=training)
+            # Only a narrower dtype can overflow: the weights as fitted are finite.
+            if converted.dtype.itemsize < array.dtype.itemsize and not np.isfinite(converted).all():
+                raise ValueError(
+                    f"This model's {name} reaches {np.abs(array).max():.3g}, beyond the "
+                    f"range of {dtype}, the dtype of the data passed: pass it as "
+                    f"{array.dtype}."
+                )
+            return to_tensor(converted, device)
 
         state = {}
         if hasattr(self, "threshold_"):
@@ -1312,15 +1321,21 @@ class SparseAutoencoderTransformer(
             Reconstructed data, in the dtype of ``X`` (float32 or float64).
         """
         check_is_fitted(self)
-        codes = _check_magnitude(
-            check_array(X, accept_sparse=_SPARSE_FORMATS, dtype=_FLOAT_DTYPES), "the codes"
-        )
+        codes = check_array(X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES)
         if codes.shape[1] != self.components_.shape[0]:
             raise ValueError(
                 f"X has {codes.shape[1]} features, but inverse_transform expects codes "
                 f"with n_components={self.components_.shape[0]} columns."
             )
-        return self._map_rows(lambda model, h: model.decode(Code(h)), codes)
+        X_hat = self._map_rows(lambda model, h: model.decode(Code(h)), codes)
+        # Nothing is squared here: codes as large as transform gives for the largest
+        # data it accepts reconstruct it; only larger ones can overflow.
+        if not np.isfinite(X_hat).all():
+            raise ValueError(
+                f"The reconstruction of these codes overflows {X_hat.dtype}: they hold "
+                f"values up to {float(abs(codes).max()):.3g} in magnitude."
+            )
+        return X_hat
 
     def score_samples(self, X):
         """Minus the squared reconstruction error of each sample.

@@ -1323,6 +1323,35 @@ def test_bad_input_to_fit_is_rejected(superposition_small, case):
     assert not hasattr(sae, "n_features_in_")
 
 
+def test_inverse_transform_of_the_codes_of_the_largest_data_accepted():
+    # Its codes were held to transform's bound on squared data: those of data at that
+    # bound were refused.
+    X = np.random.default_rng(0).standard_normal((300, 6)).astype(np.float32)
+    sae = _sae(k=8, max_iter=2).fit(X)
+    loud = np.full((1, 6), 2e17, dtype=np.float32)  # the bound for 6 features: 2.4e17
+    assert np.isfinite(sae.inverse_transform(sae.transform(loud))).all()
+    huge = 3e38 * np.sign(sae.components_[:, :1].T).astype(np.float32)
+    # scikit-learn's check for NaN sums the codes first, which overflows.
+    overflows = pytest.raises(ValueError, match="reconstruction of these codes overflows float32")
+    with overflows, np.errstate(over="ignore", invalid="ignore"):
+        sae.inverse_transform(huge)
+    codes = sae.transform(X).astype(">f4")
+    assert sae.inverse_transform(codes).dtype == np.float32
+
+
+def test_a_float64_model_beyond_float32_refuses_float32_data():
+    X = np.random.default_rng(0).standard_normal((200, 6)) * 1e40
+    sae = _sae(n_components=16, k=2, max_iter=2).fit(X)
+    for method, data in [
+        ("transform", np.ones((2, 6), np.float32)),
+        ("score_samples", np.ones((2, 6), np.float32)),
+        ("inverse_transform", np.zeros((2, 16), np.float32)),
+    ]:
+        with pytest.raises(ValueError, match=r"beyond the range of float32.*pass it as float64"):
+            getattr(sae, method)(data)
+        assert np.isfinite(getattr(sae, method)(data.astype(np.float64))).all()
+
+
 def test_inverse_transform_checks_its_codes(superposition_small):
     X, _ = superposition_small
     sae = _sae(max_iter=2).fit(X)
