@@ -973,7 +973,7 @@ class SparseAutoencoderTransformer(
                     f"weights' rows have norms from {norms.min():.3g} to {norms.max():.3g}: "
                     "training rescales them first, which changes the codes.",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=4,  # the caller of fit or partial_fit, through _fit_context
                 )
                 # Before the first step, whose gradient projection assumes unit rows.
                 model.normalize_decoder()

@@ -440,8 +440,9 @@ def test_loaded_model_trains_further(tmp_path, rng, format, write):
             warnings.simplefilter("error")
             model.partial_fit(X)
     else:
-        with pytest.warns(UserWarning, match="training rescales them first"):
+        with pytest.warns(UserWarning, match="training rescales them first") as record:
             model.partial_fit(X)
+        assert record[0].filename == __file__
     assert (model.n_iter_, len(model.loss_curve_), model.n_samples_seen_) == (1, 1, 300)
     assert model.n_steps_ > 0 and not np.array_equal(model.components_, components)
     assert np.isfinite(model.transform(X)).all()
