@@ -145,7 +145,8 @@ class SparseAutoencoderTransformer(
 
     k : int, default=16
         Number of active latents per sample for ``"topk"`` (at most) and ``"batchtopk"``
-        (on average); at most ``n_components``. Ignored by the other activations.
+        (on average). A ``k`` above ``n_components`` keeps every latent, as
+        ``k=n_components`` does, with a warning. Ignored by the other activations.
 
     alpha : float, default=1.0
         Weight of the sparsity penalty of ``"relu"`` (L1) and ``"jumprelu"`` (L0),
@@ -1106,7 +1107,7 @@ class SparseAutoencoderTransformer(
         """The sparsifier's constructor arguments; kept at fit so set_params cannot change
         the encoder of a fitted model."""
         if self.activation in {"topk", "batchtopk"}:
-            return {"activation": self.activation, "k": self.k}
+            return {"activation": self.activation, "k": min(self.k, self.n_components)}
         if self.activation == "jumprelu":
             return {
                 "activation": "jumprelu",
@@ -1116,12 +1117,18 @@ class SparseAutoencoderTransformer(
         return {"activation": self.activation}
 
     def _check_sparsifier_params(self):
-        if self.activation in {"topk", "batchtopk"} and self.k > self.n_components:
-            raise ValueError(
-                f"k={self.k} must be at most n_components={self.n_components}: a TopK "
-                "code cannot keep more latents than the dictionary has."
+        params = self._sparsifier_params()
+        if "k" in params and params["k"] < self.k:
+            # As SelectKBest does with more features asked than there are: scikit-learn's
+            # common checks set n_components=1, and a grid over k and n_components meets
+            # such pairs.
+            warnings.warn(
+                f"k={self.k} is greater than n_components={self.n_components}: every "
+                "latent is kept, as with k=n_components (a dense code).",
+                UserWarning,
+                stacklevel=4,  # the caller of fit or partial_fit, through _fit_context
             )
-        self._check_transform_params(self.activation, self.k)
+        self._check_transform_params(self.activation, params.get("k", 0))
 
     def _check_transform_params(self, activation, k):
         if self.transform_algorithm != "pursuit":
@@ -1443,6 +1450,11 @@ def _set_weights(
     unknown, are NaN. ``partial_fit`` continues training with a fresh optimiser.
     """
     estimator._validate_params()
+    if estimator.activation in {"topk", "batchtopk"} and estimator.k > estimator.n_components:
+        raise ValueError(
+            f"k={estimator.k} must be at most n_components={estimator.n_components}: a "
+            "checkpoint's TopK code cannot keep more latents than its dictionary has."
+        )
     estimator._check_sparsifier_params()
     weights = {
         "components_": components,

@@ -319,7 +319,7 @@ def bad_data(X, tmp_path):
     [
         (["fit", "{tmp}/missing.npy", "-o", "{tmp}/sae"], "missing.npy does not exist"),
         (["fit", "{tmp}/flat.npy", "-o", "{tmp}/sae"], "shape (2000,)"),
-        (["fit", "{npy}", "-o", "{tmp}/sae", "--n-components", "4", "--k", "8"], "k=8"),
+        (["fit", "{npy}", "-o", "{tmp}/sae", "--k", "0"], "'k' parameter"),
         (["fit", "{npy}", "-o", "{tmp}/sae", "--activation", "softmax"], "'activation'"),
         (["fit", "{npy}", "-o", "{tmp}/sae", "--max-iter", "many"], "--max-iter"),
         (["fit", "{npy}", "-o", "{model}"], "already holds a model"),

@@ -18,7 +18,8 @@ from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
 
 
 def _instances():
-    # k=1: several checks set n_components=1 on the instance, and k may not exceed it.
+    # Several checks set n_components=1 on the instance: k=1 keeps such codes sparse, and
+    # the defaults' k (16 and 4) keeps every latent, with a warning.
     return [
         SparseAutoencoderTransformer(
             n_components=8, activation=activation, k=1, max_iter=5, random_state=0
@@ -32,11 +33,16 @@ def _instances():
         SparseAutoencoderOutlierDetector(
             n_components=8, k=1, max_iter=5, contamination=0.1, random_state=0
         ),
+        SparseAutoencoderTransformer(max_iter=5, random_state=0),
+        SparseAutoencoderOutlierDetector(max_iter=5, random_state=0),
     ]
 
 
 def _name(estimator):
-    name = f"{type(estimator).__name__}-{estimator.activation}-{estimator.transform_algorithm}"
+    name = (
+        f"{type(estimator).__name__}-{estimator.activation}-k{estimator.k}"
+        f"-{estimator.transform_algorithm}"
+    )
     return name + f"-{estimator.contamination}" if hasattr(estimator, "contamination") else name
 
 

@@ -1249,14 +1249,27 @@ def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
         jumprelu.set_params(bandwidth=0.01).partial_fit(X)
 
 
+@pytest.mark.parametrize("activation", ["topk", "batchtopk"])
+def test_k_above_n_components_keeps_every_latent_with_a_warning(activation):
+    # It was a ValueError, which scikit-learn's common checks, setting n_components=1,
+    # met with the default k.
+    X = make_sparse_superposition(500, 8, 16, 2, random_state=0)
+    with pytest.warns(UserWarning, match="k=20 is greater than n_components=12") as record:
+        above = _sae(activation=activation, n_components=12, k=20, max_iter=2).fit(X)
+    assert record[0].filename == __file__
+    at = _sae(activation=activation, n_components=12, k=12, max_iter=2).fit(X)
+    for name in FITTED_ARRAYS:
+        np.testing.assert_array_equal(getattr(above, name), getattr(at, name))
+    assert above.get_params()["k"] == 20
+    np.testing.assert_array_equal(above.transform(X), at.transform(X))
+
+
 # ---------------------------------------------------------------- bad input
 
 
 @pytest.mark.parametrize(
     "params, match",
     [
-        (dict(k=100), "k=100 must be at most n_components=64"),
-        (dict(k=100, activation="batchtopk"), "k=100 must be at most n_components=64"),
         (dict(bandwidth=0.0), "'bandwidth' parameter"),
         (dict(k=0), "'k' parameter"),
         (dict(k=True), "'k' parameter .* must be an int .* Got True"),
