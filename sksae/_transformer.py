@@ -47,6 +47,7 @@ from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
 from ._nn.training import (
     AuxK,
+    GradientOverflow,
     HostSnapshot,
     Schedule,
     Trainer,
@@ -1045,6 +1046,13 @@ class SparseAutoencoderTransformer(
     def _train_pass(self, trainer, rows, generator):
         try:
             return trainer.run_epoch(rows, self.batch_size, generator=generator)
+        except GradientOverflow as exc:
+            raise ValueError(
+                f"Training failed: {exc}, which freezes the weights it reaches. The data, "
+                "or alpha, are too large for this dtype whatever the learning rate: set "
+                "normalize_input='mean_norm' or scale the data, lower alpha, or pass "
+                "float64 data."
+            ) from exc
         except TrainingDiverged as exc:
             raise ValueError(
                 f"Training diverged: {exc}. The learning_rate "

@@ -1420,6 +1420,27 @@ def test_a_last_step_that_wrecks_the_model_is_caught(train, activation):
     assert sae.score(X) < -1
 
 
+def test_a_healthy_pass_ending_on_one_loud_row_does_not_warn():
+    # That row's squared error over the data's variance, taken for the model's FVU after
+    # the last step, was 3.4 where the model's is 0.55.
+    X = make_sparse_superposition(20000, 32, 64, 3, random_state=0).astype(np.float32)
+    chunk = X[9 * 257 : 10 * 257]  # its last row deviates 6.2 times as much as the mean
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        sae = _sae(n_components=128, k=4, max_iter=1, batch_size=256).partial_fit(chunk)
+    assert sae.score(chunk) > 0.4
+
+
+def test_float32_gradients_too_large_for_adam_are_not_blamed_on_the_learning_rate():
+    # Data of 1e12 (accepted: their squares fit float32) give gradients whose squares
+    # do not, which froze the decoder; no learning rate helps.
+    X = (1e12 * make_sparse_superposition(1000, 32, 64, 3, random_state=0)).astype(np.float32)
+    sae = _sae(n_components=128, k=4, learning_rate=1e-8)
+    with pytest.raises(ValueError, match="whatever the learning rate: set normalize_input="):
+        sae.fit(X)
+    assert sae.set_params(normalize_input="mean_norm").fit(X).score(X) > 0.3
+
+
 def test_a_warm_fit_checks_the_data_in_the_fitted_dtype():
     X = np.random.default_rng(0).standard_normal((500, 8))
     sae = _sae(n_components=16, k=2, max_iter=2).fit(X.astype(np.float32))
