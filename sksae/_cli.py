@@ -545,8 +545,11 @@ def _fit_command(args):
     else:
         model = SparseAutoencoderTransformer(**params)
     # Checked before reading any data: fit first scans all of it, a long wait for an error.
+    # Its warnings (k above n_components) come from fit itself, once.
     model._validate_params()
-    model._check_sparsifier_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model._check_sparsifier_params()
     shards = _shards(args.data)
     _make_model_directory(model_dir)
     save_model = partial(_save, directory=model_dir, warm_start=warm_start)

@@ -314,6 +314,13 @@ def bad_data(X, tmp_path):
     return tmp_path
 
 
+def test_k_above_n_components_is_warned_of_once(data, tmp_path):
+    argv = ["fit", str(data["npy"]), "-o", str(tmp_path / "sae"), "--max-iter", "1"]
+    with pytest.warns(UserWarning, match="k=8 is greater than n_components=4") as record:
+        assert main([*argv, "--n-components", "4", "--k", "8"]) == 0
+    assert len([w for w in record if "greater than n_components" in str(w.message)]) == 1
+
+
 @pytest.mark.parametrize(
     "argv, problem",
     [
