@@ -1004,7 +1004,7 @@ class SparseAutoencoderTransformer(
         reconstructed the training data ``X`` worse than their mean by far, over the pass
         or after its last step, with the likely cause (see :data:`_POOR_FIT_FVU`)."""
         # A NaN FVU (constant data) is no sign.
-        fvu = max((fvu for fvu in [stats.fvu, stats.last_step_fvu] if fvu > 0), default=0)
+        fvu = max((value for value in [stats.fvu, stats.last_step_fvu] if value > 0), default=0)
         if not fvu > _POOR_FIT_FVU:
             return
         if self.normalize_input == "none":

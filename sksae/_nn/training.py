@@ -382,7 +382,8 @@ class Trainer:
                 # loss is 0 and any rounding error would look like divergence.
                 reference = squared_norm_sum(batch - self.model.b_dec) + squared_norm_sum(batch)
             if start + batch_size >= n_samples:
-                error_before = self._reconstruction_error(batch[:LAST_STEP_ROWS])
+                last_rows = batch[:LAST_STEP_ROWS]
+                error_before = _inference_squared_error(self.model, last_rows) / len(last_rows)
             loss, squared_error, fired_now = self.step(batch)
             n_rows = batch.shape[0]
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
@@ -392,7 +393,7 @@ class Trainer:
         # of a one-batch partial_fit) shows in the model's reconstruction of a few of
         # its rows, before and after it, and in the weights and Adam's moments, read in
         # the same sync.
-        error_after = self._reconstruction_error(batch[:LAST_STEP_ROWS])
+        error_after = _inference_squared_error(self.model, last_rows) / len(last_rows)
         moments = [
             moment
             for state in self.optimizer.state.values()
@@ -419,13 +420,6 @@ class Trainer:
             feature_density=(fired / n_samples).cpu(),
             last_step_fvu=fvu * growth,
         )
-
-    @torch.no_grad()
-    def _reconstruction_error(self, x):
-        """The mean squared error of the model's inference codes of the rows ``x``, in
-        float64: the squares of tiny float32 data underflow."""
-        x_hat = self.model.decode(self.model.encode(x))
-        return (x.to(torch.float64) - x_hat.to(torch.float64)).square().sum() / x.shape[0]
 
     @staticmethod
     def _check_divergence(
@@ -597,6 +591,16 @@ def _all_finite(tensors):
     return torch.cat([torch.stack(torch.aminmax(tensor)) for tensor in tensors]).isfinite().all()
 
 
+@torch.no_grad()
+def _inference_squared_error(model, x):
+    """``sum ||x - x_hat||^2`` over the rows ``x`` and the model's inference codes, in
+    float64: the squares of tiny float32 data underflow. The copies are of the rows,
+    and the encoder's product costs ``n_latents`` times more."""
+    x_hat = model.decode(model.encode(x))
+    return squared_norm_sum(x.double() - x_hat.double())
+
+
+@torch.no_grad()
 def evaluate_fvu(model, X):
     """Fraction of variance of ``X`` (rows, as in the loop) unexplained by the model's
     inference codes.
@@ -621,9 +625,6 @@ def evaluate_fvu(model, X):
     chunk_rows = rows_per_chunk(mean.shape[0])
     for start in range(0, len(X), chunk_rows):
         x = X.take(slice(start, start + chunk_rows))
-        x_hat = model.decode(model.encode(x))
-        # In float64: the squares of tiny float32 data underflow. The copies are of a
-        # chunk, and the encoder's product costs n_latents times more.
-        residual += squared_norm_sum(x.double() - x_hat.double()).item()
+        residual += _inference_squared_error(model, x).item()
         total += squared_norm_sum(x.double() - mean.double()).item()
     return residual / total if total > 0 else math.nan
