@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from ._nn.batches import (
     as_dense,
     is_memory_mapped,
+    largest_magnitude,
     map_chunks,
     map_rows,
     rows_per_chunk,
@@ -1393,7 +1394,7 @@ class SparseAutoencoderTransformer(
         X = self._validate_input(X)
         # Both sums in units of the largest value of X, whose ratio is the same: the
         # squares of tiny values underflow (float32 values below about 1e-19).
-        scale = _largest_magnitude(X) or 1.0
+        scale = largest_magnitude(X) or 1.0
         residual = self._squared_errors(X, scale).sum()
         total = squared_deviation_sum(X, scale=scale)
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
@@ -1519,7 +1520,7 @@ def _check_magnitude(X, name, dtype=None):
         # max and min would sum the duplicates of the caller's matrix in place; the copy
         # is the validated X, whose duplicates later steps may sum too.
         X = X.copy()
-    largest = _largest_magnitude(X)
+    largest = largest_magnitude(X)
     dtype = np.dtype(X.dtype if dtype is None else dtype).newbyteorder("=")
     bound = math.sqrt(np.finfo(dtype).max / (1e3 * X.shape[1]))
     if largest > bound:
@@ -1531,18 +1532,12 @@ def _check_magnitude(X, name, dtype=None):
     return X
 
 
-def _largest_magnitude(X):
-    """``max |X|`` of a validated array or scipy.sparse matrix (in canonical format: its
-    ``max`` and ``min`` would sum duplicate entries in place)."""
-    return max(abs(float(X.max())), abs(float(X.min())))
-
-
 def _mean_row_norm(X):
     """The mean Euclidean norm of the rows of ``X`` (dense or scipy.sparse)."""
     # In float64 and in units of the largest value, a chunk at a time: the squares of
     # float32 values below about 1e-19 underflow (at 1e-25 every norm came out 0), and
     # those of float64 values below about 1e-154.
-    scale = _largest_magnitude(X) or 1.0
+    scale = largest_magnitude(X) or 1.0
     chunk_rows = rows_per_chunk(X.shape[1])
     norm_sum = sum(
         row_norms(X[start : start + chunk_rows].astype(np.float64) / scale).sum()

@@ -14,7 +14,7 @@ Examples
 import numpy as np
 import scipy.sparse as sp
 
-from ._nn.batches import as_dense, squared_deviation_sum
+from ._nn.batches import as_dense, largest_magnitude, squared_deviation_sum
 
 __all__ = ["code_bytes", "compression_ratio", "dead_fraction", "fvu", "l0", "mmcs"]
 
@@ -55,7 +55,7 @@ def fvu(X, X_hat):
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
     # Both sums in units of the largest value of X, whose ratio is the same: squares of
     # values beyond about 1e154 overflow, and below about 1e-154 underflow.
-    scale = max(X.max(), -X.min()) or 1.0
+    scale = largest_magnitude(X) or 1.0
     residual = np.square((X - X_hat) / scale).sum()
     total = squared_deviation_sum(X, scale=scale)  # exactly 0 when the rows are all the same
     with np.errstate(divide="ignore", invalid="ignore"):

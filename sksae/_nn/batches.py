@@ -247,6 +247,21 @@ def column_means(X):
     return first + deviation_sums / X.shape[0]
 
 
+def largest_magnitude(X):
+    """``max |X|`` of a numpy array or scipy.sparse matrix, as a float, without a
+    temporary of ``|X|``. A sparse matrix must be in canonical format: its ``max`` and
+    ``min`` would sum duplicate entries in place.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae._nn.batches import largest_magnitude
+    >>> largest_magnitude(np.array([[1.0, -3.0], [2.0, 0.0]]))
+    3.0
+    """
+    return max(abs(float(X.max())), abs(float(X.min())))
+
+
 def squared_deviation_sum(X, *, scale=1.0):
     """``sum_i ||x_i - mean(X)||^2``, in units of ``scale`` (the squares of
     ``(x_i - mean) / scale``), in float64, without a dense copy of ``X``.
