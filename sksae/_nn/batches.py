@@ -197,9 +197,6 @@ class HostRows:
             index = index.cpu().numpy()
         return to_tensor(as_dense(self.X[index]), self.device, self.dtype)
 
-    def mean(self):
-        return torch.from_numpy(column_means(self.X)).to(self.device, self.dtype)
-
     def variance(self):
         if self._variance is None:  # a pass over the data: once
             self._variance = squared_deviation_sum(self.X) / len(self)

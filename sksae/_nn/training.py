@@ -407,8 +407,7 @@ class Trainer:
         self._check_divergence(
             loss, squared_error, reference, error_after, *finite, dtype=self.model.W_dec.dtype
         )
-        variance = X.variance()
-        fvu = squared_error / variance if variance > 0 else math.nan
+        fvu = _fvu(squared_error, X)
         if error_before > 0:
             growth = error_after / error_before
         else:
@@ -620,11 +619,14 @@ def evaluate_fvu(model, X):
     >>> 0 <= evaluate_fvu(sae, DenseRows(X)) <= 1
     True
     """
-    mean = X.mean()
-    residual = total = 0.0
-    chunk_rows = rows_per_chunk(mean.shape[0])
+    residual, chunk_rows = 0.0, rows_per_chunk(model.W_dec.shape[1])
     for start in range(0, len(X), chunk_rows):
-        x = X.take(slice(start, start + chunk_rows))
-        residual += _inference_squared_error(model, x).item()
-        total += squared_norm_sum(x.double() - mean.double()).item()
-    return residual / total if total > 0 else math.nan
+        residual += _inference_squared_error(model, X.take(slice(start, start + chunk_rows))).item()
+    return _fvu(residual / len(X), X)
+
+
+def _fvu(mean_squared_error, X):
+    """``mean_squared_error`` over the variance of the rows ``X``; NaN when they are all
+    the same."""
+    variance = X.variance()
+    return mean_squared_error / variance if variance > 0 else math.nan
