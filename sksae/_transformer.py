@@ -661,7 +661,11 @@ class SparseAutoencoderTransformer(
             self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=new_model
         )
         dtype = X.dtype.newbyteorder("=") if new_model else self.components_.dtype
-        X = _check_magnitude(X, "X", dtype)
+        if not new_model:
+            scale = self.input_scale_
+        else:  # normalize_input='mean_norm' scales the data to norms of sqrt(n_features)
+            scale = 1.0 if self.normalize_input == "none" else None
+        X = _check_magnitude(X, "X", dtype, training_scale=scale)
         return (X if is_memory_mapped(X) else X.astype(dtype, copy=False)), dtype
 
     def _split_validation(self, X, generator):
@@ -1509,12 +1513,16 @@ def _set_weights(
     return estimator
 
 
-def _check_magnitude(X, name, dtype=None):
+def _check_magnitude(X, name, dtype=None, *, training_scale=None):
     """Refuse values whose squares, summed over a row, would overflow ``dtype`` (default:
-    that of ``X``).
+    that of ``X``), and, for data that training multiplies by ``training_scale``, a
+    largest value whose square, so scaled, is below the smallest normal number of
+    ``dtype``.
 
     Finite but huge inputs would otherwise turn into infinite losses, codes or scores
-    deep inside the computation. The bound leaves a factor of 1000 of headroom.
+    deep inside the computation. The bound leaves a factor of 1000 of headroom. Tiny
+    ones would train on squared errors that underflow: a loss of 0, or of a few digits,
+    whatever the fit.
     """
     if sp.issparse(X) and not X.has_canonical_format:
         # max and min would sum the duplicates of the caller's matrix in place; the copy
@@ -1528,6 +1536,16 @@ def _check_magnitude(X, name, dtype=None):
             f"{name} holds values up to {largest:.3g} in magnitude, beyond what {dtype} "
             f"arithmetic on {X.shape[1]} features can square and sum ({bound:.3g}); scale "
             "the data first (for example with StandardScaler)."
+        )
+    smallest_normal = np.finfo(dtype).tiny
+    if training_scale is not None and 0 < largest * training_scale < math.sqrt(smallest_normal):
+        scaled = "" if training_scale == 1 else f" (times input_scale_, {training_scale:.3g})"
+        wider = ", or pass it as float64" if dtype.itemsize < 8 else ""
+        raise ValueError(
+            f"{name} holds values up to {largest:.3g} in magnitude{scaled}, whose squares "
+            f"are below the smallest normal {dtype} ({smallest_normal:.3g}): the squared "
+            "reconstruction errors of training would underflow. Set "
+            f"normalize_input='mean_norm' or scale the data{wider}."
         )
     return X
 

@@ -657,9 +657,38 @@ def test_a_fit_worse_than_the_mean_warns_of_the_data_scale(train):
 def test_a_poor_fit_of_tiny_float32_data_warns():
     # Its variance, squared in float32, underflowed to 0: the FVU was NaN, and no
     # warning came.
-    X = (1e-25 * make_sparse_superposition(3000, 16, 48, 3, random_state=0)).astype(np.float32)
-    with pytest.warns(ConvergenceWarning, match=r"FVU of .*e\+4\d.* mean norm of .*e-25"):
+    X = (1e-17 * make_sparse_superposition(3000, 16, 48, 3, random_state=0)).astype(np.float32)
+    with pytest.warns(ConvergenceWarning, match=r"FVU of .*e\+\d\d.* mean norm of .*e-17"):
         _sae(max_iter=3).fit(X)
+
+
+@pytest.mark.parametrize(
+    ("scale", "dtype", "advice"),
+    [(1e-25, np.float32, "scale the data, or pass it as float64"), (1e-170, np.float64, "data.")],
+)
+@pytest.mark.parametrize("train", ["fit", "partial_fit"])
+def test_data_whose_squares_underflow_are_refused_unless_normalised(scale, dtype, advice, train):
+    # Their squared errors underflowed to a loss of 0: the fit learnt nothing, and
+    # float64's said nothing about it.
+    X = (scale * make_sparse_superposition(1000, 16, 48, 3, random_state=0)).astype(dtype)
+    sae = _sae(n_components=32, k=3, max_iter=3).fit(X / scale)
+    state = _state(sae)
+    with pytest.raises(ValueError, match=rf"whose squares are below .* {advice}"):
+        getattr(sae, train)(X)
+    assert _state(sae) == state
+    normalised = _sae(n_components=32, k=3, max_iter=3, normalize_input="mean_norm")
+    expected = getattr(clone(normalised), train)(X / scale).score(X / scale)
+    assert getattr(normalised, train)(X).score(X) == pytest.approx(expected, abs=0.02)
+    assert _sae(n_components=32, k=3).fit(np.zeros_like(X)).n_iter_ > 0  # zeros are data
+
+
+def test_a_continued_fit_refuses_data_that_its_input_scale_leaves_underflowing():
+    X = make_sparse_superposition(1000, 16, 48, 3, random_state=0)
+    sae = _sae(n_components=32, k=3, normalize_input="mean_norm").partial_fit(X)
+    state = _state(sae)
+    with pytest.raises(ValueError, match=r"e-170 in magnitude \(times input_scale_, 1\.\d+\)"):
+        sae.partial_fit(1e-170 * X)
+    assert _state(sae) == state
 
 
 def test_partial_fit_keeps_the_scale_of_its_first_call():
