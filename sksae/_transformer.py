@@ -1371,7 +1371,9 @@ class SparseAutoencoderTransformer(
         Returns
         -------
         scores : ndarray of shape (n_samples,)
-            ``-||x - x_hat||^2`` for each sample.
+            ``-||x - x_hat||^2`` for each sample, in float64 whatever the dtype of ``X``
+            (as scikit-learn's outlier detectors give): the squares of float32 errors
+            below about 1e-19 would underflow in float32.
         """
         return -self._squared_errors(self._validate_input(X))
 
@@ -1403,17 +1405,15 @@ class SparseAutoencoderTransformer(
         total = squared_deviation_sum(X, scale=scale)
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
 
-    def _squared_errors(self, X, scale=None):
-        """``||x - x_hat||^2`` for each row of ``X``, in its dtype; or, given ``scale``,
-        in float64 and in units of ``scale``, where tiny errors do not underflow nor
-        huge ones overflow."""
+    def _squared_errors(self, X, scale=1.0):
+        """``||x - x_hat||^2`` for each row of ``X``, in float64 (the squares of float32
+        errors below about 1e-19 underflow in float32) and in units of ``scale``, where
+        tiny errors do not underflow nor huge ones overflow."""
         encode = self._encoder()
 
         def squared_error(model, x):
-            residual = x - model.decode(encode(model, x))
-            if scale is not None:
-                residual = residual.double().div_(scale)
-            return residual.square().sum(dim=1)
+            residual = (x - model.decode(encode(model, x))).double()
+            return (residual if scale == 1.0 else residual / scale).square().sum(dim=1)
 
         return self._map_rows(squared_error, X)
 

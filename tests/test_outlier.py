@@ -62,20 +62,32 @@ def test_auto_threshold_flags_gross_outliers_and_few_inliers(clean_data):
     )
 
 
+def test_tiny_float32_data_is_scored_in_float64(clean_data):
+    # Squared in float32, errors of 1e-25 underflowed to 0: every score was -0.0, and
+    # contamination=0.1 flagged no sample nor the gross outliers.
+    X = 1e-25 * clean_data[:300]
+    gross = np.random.default_rng(0).normal(scale=3e-25, size=(5, 16)).astype(np.float32)
+    detector = SparseAutoencoderOutlierDetector(
+        n_components=32, k=2, max_iter=3, normalize_input="mean_norm", contamination=0.1
+    )
+    assert np.mean(detector.fit_predict(X) == -1) == pytest.approx(0.1, abs=0.01)
+    np.testing.assert_array_equal(detector.predict(gross), -1)
+
+
 def test_a_sample_scoring_exactly_the_threshold_is_an_inlier(clean_data):
     """predict's rule: an inlier where decision_function >= 0, as in scikit-learn's
     detectors (IsolationForest labels a score equal to its offset_ an inlier too)."""
     detector = SparseAutoencoderOutlierDetector(n_components=64, max_iter=2, random_state=0)
     X = clean_data[:50]
-    scores = detector.fit(X).score_samples(X)  # float32, as X
+    scores = detector.fit(X).score_samples(X)
     at = np.argsort(scores)[25]
     detector.offset_ = float(scores[at])
     assert detector.decision_function(X)[at] == 0.0
     labels = detector.predict(X)
     assert labels[at] == 1
     np.testing.assert_array_equal(labels, np.where(scores >= scores[at], 1, -1))
-    # The next float32 above the sample's score: it is just below the threshold.
-    detector.offset_ = float(np.nextafter(scores[at], np.float32(np.inf)))
+    # The next float above the sample's score: it is just below the threshold.
+    detector.offset_ = float(np.nextafter(scores[at], np.inf))
     assert detector.decision_function(X)[at] < 0
     assert detector.predict(X)[at] == -1
 
