@@ -57,7 +57,7 @@ from ._nn.training import (
     evaluate_fvu,
     tree_map,
 )
-from ._validation import Integers
+from ._validation import TORCH_INT_MAX, Integers
 
 #: The dtypes of fitted models and of their outputs.
 _FLOAT_DTYPES = [np.float64, np.float32]
@@ -421,14 +421,14 @@ class SparseAutoencoderTransformer(
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Integers(1)],
+        "n_components": [Integers(1, TORCH_INT_MAX)],
         "activation": [StrOptions(set(SPARSIFIERS))],
         "k": [Integers(1)],
         "alpha": [Interval(Real, 0, None, closed="left")],
         "bandwidth": [Interval(Real, 0, None, closed="neither")],
         "aux_k": [Integers(1), None],
         "aux_coef": [Interval(Real, 0, None, closed="left")],
-        "dead_steps": [Integers(1)],
+        "dead_steps": [Integers(1, TORCH_INT_MAX)],
         "batch_size": [Integers(1)],
         "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
         "learning_rate_warmup_steps": [Integers(0)],

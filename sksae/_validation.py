@@ -22,20 +22,25 @@ def is_int(value):
     return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
 
 
+#: The largest int a torch tensor holds (int64): sizes and step counts beyond it
+#: overflow inside torch.
+TORCH_INT_MAX = 2**63 - 1
+
+
 class Integers(Interval):
-    """The integers from ``left`` on, as a parameter constraint.
+    """The integers from ``left`` on (up to ``right``), as a parameter constraint.
 
     Examples
     --------
     >>> from sksae._validation import Integers
     >>> Integers(1).is_satisfied_by(2), Integers(1).is_satisfied_by(True)
     (True, False)
-    >>> str(Integers(1))
-    'an int in the range [1, inf)'
+    >>> str(Integers(1)), str(Integers(0, 10))
+    ('an int in the range [1, inf)', 'an int in the range [0, 10]')
     """
 
-    def __init__(self, left):
-        super().__init__(Integral, left, None, closed="left")
+    def __init__(self, left, right=None):
+        super().__init__(Integral, left, right, closed="both" if right is not None else "left")
 
     def is_satisfied_by(self, val):
         return is_int(val) and super().is_satisfied_by(val)

@@ -1302,6 +1302,9 @@ def test_k_above_n_components_keeps_every_latent_with_a_warning(activation):
         (dict(k=0), "'k' parameter"),
         (dict(k=True), "'k' parameter .* must be an int .* Got True"),
         (dict(max_iter=True), "'max_iter' parameter"),
+        # Beyond int64, torch overflowed: an OverflowError, and a TypeError.
+        (dict(dead_steps=2**63, aux_coef=1.0), r"'dead_steps' .* \[1, 9223372036854775807\]"),
+        (dict(n_components=2**63), r"'n_components' .* \[1, 9223372036854775807\]"),
         (dict(alpha=-1.0), "'alpha' parameter"),
         (dict(activation="sigmoid"), "'activation' parameter"),
         (dict(device="gpu-please"), "is not a torch device"),
