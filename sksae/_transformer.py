@@ -1422,18 +1422,19 @@ class SparseAutoencoderTransformer(
         self._check_inference_params()
         if self.transform_algorithm == "encoder":
             return lambda model, x: model.encode(x)
-        fitted = self._fitted_sparsifier_params
-        self._check_transform_params(fitted["activation"], fitted.get("k", 0))
         n_candidates = self._n_candidates()
         return lambda model, x: model.pursue(x, n_candidates)
 
     def _check_inference_params(self):
-        # The parameters of inference may change after fit: checked at each use.
+        """Check the parameters of inference, which may change after fit, against the
+        fitted model: at each use."""
         validate_parameter_constraints(
             {name: self._parameter_constraints[name] for name in _INFERENCE_PARAMS},
             {name: getattr(self, name) for name in _INFERENCE_PARAMS},
             caller_name=type(self).__name__,
         )
+        fitted = self._fitted_sparsifier_params
+        self._check_transform_params(fitted["activation"], fitted.get("k", 0))
 
     def _n_candidates(self):
         """The atoms ``"pursuit"`` weighs per sample: ``transform_n_candidates``, or

@@ -163,6 +163,14 @@ def test_the_threshold_belongs_to_the_coder_that_set_it(clean_data, tmp_path):
         loaded.set_params(transform_algorithm="encoder").predict(clean_data)
 
 
+def test_a_coder_the_model_cannot_use_is_named_before_the_threshold_is_compared(clean_data):
+    # predict blamed the threshold, with n_candidates=0 for a ReLU model.
+    detector = SparseAutoencoderOutlierDetector(n_components=16, activation="relu", max_iter=1)
+    detector.fit(clean_data[:300]).set_params(transform_algorithm="pursuit")
+    with pytest.raises(ValueError, match="pursuit' needs activation='topk'"):
+        detector.predict(clean_data[:10])
+
+
 def test_each_epoch_model_has_its_own_threshold(clean_data, epoch_models):
     """sklearn's callbacks get each epoch's model, ready to predict."""
     detector = SparseAutoencoderOutlierDetector(
