@@ -54,10 +54,12 @@ def fvu(X, X_hat):
     if X.shape != X_hat.shape:
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
     # Both sums in units of the largest value of X, whose ratio is the same: squares of
-    # values beyond about 1e154 overflow, and below about 1e-154 underflow.
+    # values beyond about 1e154 overflow, and below about 1e-154 underflow; differences
+    # of values beyond about 1e307 overflow too.
     scale = largest_magnitude(X) or 1.0
-    residual = np.square((X - X_hat) / scale).sum()
-    total = squared_deviation_sum(X, scale=scale)  # exactly 0 when the rows are all the same
+    X, X_hat = X / scale, X_hat / scale
+    residual = np.square(X - X_hat).sum()
+    total = squared_deviation_sum(X)  # exactly 0 when the rows are all the same
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(residual / total)
 
@@ -223,6 +225,11 @@ def _checked_matrix(A, name):
         raise ValueError(
             f"{name} must be a 2-D array with at least one row and one column, got shape {A.shape}."
         )
+    values = A.data if sp.issparse(A) else A
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got an array of dtype {values.dtype}.")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise ValueError(f"{name} holds NaN or infinity.")
     return A
 
 

@@ -109,15 +109,17 @@ def test_mmcs_of_huge_or_subnormal_directions(scale):
     assert mmcs(np.array([[scale, 0.0]]), np.array([[1.0, 0.0]])) == 1.0
 
 
-@pytest.mark.parametrize("scale", [1e160, 1e-170])
+@pytest.mark.parametrize("scale", [1e306, 1e160, 1e-170])
 @pytest.mark.parametrize("container", [np.asarray, sp.csr_array])
 def test_fvu_of_huge_or_tiny_data(scale, container):
-    # Their squares overflow or underflow: the FVU came out NaN.
+    # Their squares overflow or underflow: the FVU came out NaN; and their differences
+    # near float64's largest: 0.0 then.
     X = np.random.default_rng(0).standard_normal((50, 4))
     assert fvu(container(scale * X), scale * X / 2) == pytest.approx(fvu(X, X / 2), rel=1e-12)
     assert fvu(container(scale * X), np.zeros_like(X)) == pytest.approx(
         fvu(X, np.zeros_like(X)), rel=1e-12
     )
+    assert fvu(container([[1.5e308], [-1.5e308]]), [[0.75e308], [-0.75e308]]) == 0.25
 
 
 def test_mmcs_of_a_direction_and_itself_is_one():
@@ -140,6 +142,34 @@ def test_metrics_reject_matrices_without_rows_or_columns(codes):
             metric(codes)
     with pytest.raises(ValueError, match="X must be a 2-D array"):
         compression_ratio(codes, np.ones((3, 4)))
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (np.array([[np.nan, 1.0]]), ValueError, "NaN or infinity"),
+        (sp.csr_array(np.array([[np.inf, 0.0]])), ValueError, "NaN or infinity"),
+        (np.array([[1j, 1.0]]), TypeError, "real numbers, got an array of dtype complex128"),
+        (np.array([["a", "b"]]), TypeError, "real numbers, got an array of dtype <U1"),
+    ],
+)
+def test_metrics_reject_values_that_are_not_finite_real_numbers(bad, error, message):
+    # NaN came out as an FVU of NaN and a cosine of NaN, complex numbers lost their
+    # imaginary parts: no error said why.
+    good = np.ones((1, 2))
+    metrics = [
+        l0,
+        dead_fraction,
+        code_bytes,
+        lambda A: fvu(A, good),
+        lambda A: fvu(good, A),
+        lambda A: mmcs(A, good),
+        lambda A: mmcs(good, A),
+        lambda A: compression_ratio(A, good),
+    ]
+    for metric in metrics:
+        with pytest.raises(error, match=message):
+            metric(bad)
 
 
 def test_code_metrics_take_lists_and_dataframes():
