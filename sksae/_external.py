@@ -40,7 +40,7 @@ from ._persistence import (
     _read_json,
     _read_safetensors_with_metadata,
     _safetensors_bytes,
-    _write_atomically,
+    write_files_together,
 )
 from ._transformer import SparseAutoencoderTransformer, _set_weights
 
@@ -240,16 +240,12 @@ def export(model, path, format="sparsify"):
         "W_dec": model.components_,
         "b_dec": model.decoder_bias_,
     }
-    # Both files' bytes before either is written: a failure must not leave new weights
-    # beside an earlier export's configuration.
+    # Together: new weights beside an earlier export's configuration would load wrong.
     files = {
         "sae.safetensors": _safetensors_bytes(tensors),
         "cfg.json": json.dumps(cfg, indent=1).encode(),
     }
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        _write_atomically(directory / name, content)
+    write_files_together(path, files)
 
 
 # ---------------------------------------------------------------------------- sparsify

@@ -22,7 +22,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ._outlier import SparseAutoencoderOutlierDetector
-from ._transformer import _CALLBACK_ATTRIBUTES, SparseAutoencoderTransformer, _make_sparsifier
+from ._transformer import (
+    _CALLBACK_ATTRIBUTES,
+    SparseAutoencoderTransformer,
+    _interrupts_held,
+    _make_sparsifier,
+)
 from ._validation import is_int
 
 __all__ = ["load", "save"]
@@ -60,6 +65,9 @@ DTYPES = {
 }
 #: Upper bound of a safetensors header: a corrupted length must not allocate gigabytes.
 MAX_HEADER_BYTES = 100 * 2**20
+#: What json.loads raises for bytes that are no JSON it can read: RecursionError for
+#: arrays or objects nested deeper than the interpreter's stack.
+JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
 
 
 def save(estimator, path):
@@ -67,10 +75,13 @@ def save(estimator, path):
 
     The directory (created if needed) receives ``model.safetensors``, every array of the
     fitted state, and ``config.json``, the class, its parameters, the sksae version and
-    the other fitted attributes. Each file is written under a temporary name and renamed,
-    so an interrupted save never leaves a half-written file under the final name.
+    the other fitted attributes. Both files are written under temporary names, then
+    renamed together (see :func:`write_files_together`): an interrupted save leaves the
+    directory as it was or with both files new, never one of each.
     :func:`load` reads it back bitwise. A ``random_state`` that is not an int or None
-    is saved as None: it only seeded the fit.
+    is saved as None: it only seeded the fit. Parameters or fitted attributes that load
+    would refuse (set by hand: ``set_params`` validates nothing) are an error, before
+    anything is written.
 
     Parameters
     ----------
@@ -103,6 +114,11 @@ def save(estimator, path):
         )
     if not hasattr(estimator, "components_"):
         raise ValueError(f"This {type(estimator).__name__} is not fitted yet: nothing to save.")
+    # What load would refuse is not written: set_params and setattr validate nothing.
+    estimator._validate_params()
+    described = f"This {type(estimator).__name__}"
+    _check_state_names(dict(_fitted_state(estimator)), _STATE_OF[type(estimator)], described)
+    _check_fitted_state(estimator, described)
     params = {name: _json_param(name, value) for name, value in estimator.get_params().items()}
     tensors = {}
     state = {name: _encode(value, name, tensors) for name, value in _fitted_state(estimator)}
@@ -121,10 +137,29 @@ def save(estimator, path):
     # allow_nan=False: the bare NaN and Infinity that json writes by default are not JSON,
     # and other readers refuse them (_encode tags non-finite numbers instead).
     config_json = json.dumps(config, indent=1, allow_nan=False)
-    directory = Path(path)
+    # The weights of one save beside the configuration of another would match neither's
+    # digest: load would refuse both.
+    write_files_together(path, {WEIGHTS_FILE: weights, CONFIG_FILE: config_json.encode()})
+
+
+def write_files_together(directory, files):
+    """Write ``files`` (name -> bytes) into ``directory`` (created if needed), each under
+    a temporary name, then rename them all with Ctrl-C held: an interrupted write leaves
+    the directory as it was or with every file new, never some of each.
+
+    A Ctrl-C held is raised once the renames are done.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a directory.")
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomically(directory / WEIGHTS_FILE, weights)
-    _write_atomically(directory / CONFIG_FILE, config_json.encode())
+    for name, data in files.items():
+        (directory / f"{name}.tmp").write_bytes(data)
+    with _interrupts_held() as held:
+        for name in files:
+            os.replace(directory / f"{name}.tmp", directory / name)
+    if held.signalled:
+        raise KeyboardInterrupt
 
 
 def _json_param(name, value):
@@ -286,7 +321,7 @@ def _check_config(config, directory):
             f"{directory / CONFIG_FILE} has format version {config.get('format_version')!r}; "
             f"this sksae ({_sksae_version()}) reads version {FORMAT_VERSION}."
         )
-    if config.get("class") not in CLASSES:
+    if not isinstance(config.get("class"), str) or config["class"] not in CLASSES:
         raise ValueError(
             f"{directory / CONFIG_FILE} names the class {config.get('class')!r}; only "
             f"{', '.join(CLASSES)} can be loaded."
@@ -570,14 +605,8 @@ def _read_json(path, missing):
     there is none, or why it cannot be read or parsed."""
     try:
         return json.loads(_read_bytes(path, missing))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except JSON_ERRORS as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-
-
-def _write_atomically(path, data):
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def _safetensors_bytes(tensors, metadata=None):
@@ -628,7 +657,7 @@ def _read_safetensors_with_metadata(path, sha256=None):
         raise invalid(f"its header length ({header_length} bytes) exceeds the file")
     try:
         header = json.loads(data[8 : 8 + header_length])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except JSON_ERRORS as exc:
         raise invalid(f"its header is not JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise invalid("its header is not a JSON object")

@@ -2,6 +2,10 @@
 
 import hashlib
 import json
+import os
+import pickle
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +203,11 @@ def _make_a_directory(file):
     file.mkdir()
 
 
+def _deeply_nested_header(data):
+    header = b"[" * 100_000
+    return len(header).to_bytes(8, "little") + header
+
+
 def _flip_a_weight_byte(path):
     data = bytearray((path / WEIGHTS_FILE).read_bytes())
     data[-3] ^= 0x10
@@ -210,6 +219,7 @@ def _flip_a_weight_byte(path):
     [
         (lambda p: _edit_config(p, _set_shape), "records float32 of shape"),
         (lambda p: _edit_config(p, lambda c: c.update({"class": "os.system"})), "only"),
+        (lambda p: _edit_config(p, lambda c: c.update({"class": {"a": 1}})), "only"),
         (lambda p: _edit_config(p, lambda c: c.update({"format_version": 99})), "version"),
         (lambda p: _edit_config(p, lambda c: c["params"].update({"bad": 1})), "unknown param"),
         (lambda p: _edit_config(p, lambda c: c["params"].update({"k": -1})), "invalid param"),
@@ -222,6 +232,7 @@ def _flip_a_weight_byte(path):
             "n_features_in_",
         ),
         (lambda p: (p / CONFIG_FILE).write_text("{not json"), "not valid JSON"),
+        (lambda p: (p / CONFIG_FILE).write_text("[" * 100_000), "not valid JSON"),
         (
             lambda p: _edit_config(p, lambda c: c["params"].update(k=4), reseal=False),
             "config.json does not match the digest",
@@ -232,6 +243,7 @@ def _flip_a_weight_byte(path):
         (lambda p: _corrupt_weights(p, lambda d: d[:5]), "not a valid safetensors"),
         (lambda p: _corrupt_weights(p, lambda d: (2**62).to_bytes(8, "little") + d[8:]), "exceeds"),
         (lambda p: _corrupt_weights(p, lambda d: d[:8] + b"[" + d[9:]), "not JSON"),
+        (lambda p: _corrupt_weights(p, _deeply_nested_header), "not JSON"),
         (lambda p: _corrupt_weights(p, lambda d: d + b"\0" * 8), "longer than its entries"),
         (_flip_a_weight_byte, "SHA-256"),
         # Without its digests, an altered file would load: they cannot be dropped.
@@ -330,6 +342,55 @@ def test_a_state_no_fit_gives_is_rejected(models, tmp_path, model, edit, arrays,
     _edit_config(tmp_path, edit or (lambda config: None), arrays=arrays)
     with pytest.raises(ValueError, match=match):
         sksae.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "spoil, match",
+    [
+        (lambda model: model.set_params(k=0), "The 'k' parameter"),
+        (lambda model: model.set_params(activation="gelu"), "The 'activation' parameter"),
+        (lambda model: setattr(model, "note", "layer 6"), "unknown fitted attributes: note"),
+        (lambda model: setattr(model, "n_iter_", -1), "n_iter_ must be"),
+    ],
+)
+def test_save_refuses_what_load_would_and_leaves_the_directory_as_it_was(
+    models, tmp_path, spoil, match
+):
+    # set_params and setattr validate nothing: the file was written, over a good
+    # model, and load refused it.
+    model = pickle.loads(pickle.dumps(models["topk"]))
+    sksae.save(model, tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    spoil(model)
+    with pytest.raises(ValueError, match=match):
+        sksae.save(model, tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def test_ctrl_c_between_the_files_of_a_save_holds_until_both_are_in_place(
+    models, tmp_path, monkeypatch
+):
+    # The weights were renamed into place, then Ctrl-C came before the configuration's
+    # rename: neither save's pair remained, and load refused the directory.
+    sksae.save(models["jumprelu"], tmp_path)
+    replace = os.replace
+
+    def interrupted_replace(source, destination):
+        replace(source, destination)
+        if Path(destination).name == WEIGHTS_FILE:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(os, "replace", interrupted_replace)
+    with pytest.raises(KeyboardInterrupt):
+        sksae.save(models["topk"], tmp_path)
+    _assert_same(vars(models["topk"]), vars(sksae.load(tmp_path)))
+    assert sorted(path.name for path in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+def test_save_into_a_file_is_a_clear_error(models, tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="file exists and is not a directory"):
+        sksae.save(models["topk"], tmp_path / "file")
 
 
 def test_the_state_of_an_untrained_batchtopk_threshold_or_of_an_earlier_sksae_loads(tmp_path):
