@@ -46,9 +46,10 @@ from sklearn.callback import ProgressBar
 from sklearn.utils._param_validation import StrOptions
 
 from ._external import export
-from ._nn.batches import rows_per_chunk
+from ._nn.batches import largest_magnitude, rows_per_chunk
 from ._persistence import (
     CONFIG_FILE,
+    JSON_ERRORS,
     MAX_HEADER_BYTES,
     _decoded,
     _entry_layout,
@@ -373,7 +374,8 @@ def _npz_member(file, name):
 
 def _npz_header(file, name):
     """The ``(shape, dtype)`` of an ``.npz`` member, from its ``.npy`` header: no data is
-    read. A member that is not a ``.npy`` file has neither (see :func:`_header`)."""
+    read, but the member's size is checked against the header's extent. A member that
+    is not a ``.npy`` file has neither (see :func:`_header`)."""
     with np.load(file) as archive:
         if f"{name}.npy" not in archive.zip.namelist():
             return None, None
@@ -385,6 +387,13 @@ def _npz_header(file, name):
             }.get(version)
             if read_header is not None:
                 shape, _, dtype = read_header(member)
+                extent = member.tell() + math.prod(shape) * dtype.itemsize
+                size = archive.zip.getinfo(f"{name}.npy").file_size
+                if size < extent:
+                    raise ValueError(
+                        f"{file}[{name}] is truncated: its header describes {extent} "
+                        f"bytes, and it holds {size}."
+                    )
                 return shape, dtype
     # Version 3.0 differs from 2.0 only in its header's encoding, which numpy reads
     # through private functions alone.
@@ -410,7 +419,7 @@ def _safetensors_shards(file):
             raise ValueError(f"{file} is not a safetensors file: its header is too long.")
         try:
             header = json.loads(f.read(header_length))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except JSON_ERRORS as exc:
             raise ValueError(f"{file} is not a safetensors file: {exc}") from exc
     if not isinstance(header, dict):
         raise ValueError(f"{file} is not a safetensors file: its header is not an object.")
@@ -558,9 +567,9 @@ def _fit_command(args):
             loss = _fit_array(model, shards, args, save_model)
         else:
             loss = _fit_shards(model, shards, args, changed, save_model)
+        save_model(model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
-    save_model(model)
     print(f"Saved the model to {model_dir} (n_iter_={model.n_iter_}, loss {loss:.5g}).")
     return 0
 
@@ -780,10 +789,15 @@ def _evaluate(model, shards):
             codes = model._transform_validated(chunk)
             fired += np.bincount(codes.indices[codes.data != 0], minlength=n_latents)
             chunk = chunk.astype(np.float64)
-            residual += np.square(chunk - model.inverse_transform(codes)).sum()
             if reference is None:
                 reference = chunk[0].copy()
+                # The sums in units of the first chunk's largest value, whose ratio is
+                # the same: as in metrics.fvu, squares beyond 1e154 overflow, and below
+                # 1e-154 underflow.
+                unit = largest_magnitude(chunk) or 1.0
+            residual += np.square((chunk - model.inverse_transform(codes)) / unit).sum()
             chunk -= reference
+            chunk /= unit
             chunk_mean = chunk.mean(axis=0)
             delta, total = chunk_mean - mean, n_samples + len(chunk)
             deviation += np.square(chunk - chunk_mean).sum()

@@ -1,5 +1,6 @@
 """The ``sksae`` command line (sksae/_cli.py), run in-process through ``main`` but once."""
 
+import io
 import json
 import re
 import shutil
@@ -204,24 +205,35 @@ def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, caps
     assert "interrupted; saved" in capsys.readouterr().err
 
 
-def test_ctrl_c_while_a_checkpoint_is_saved_saves_that_epoch(data, tmp_path, monkeypatch, capsys):
-    """Ctrl-C during the third epoch's checkpoint: the epoch was complete, and the model
-    saved on the way out is that epoch's, not the one before the run."""
-    calls = []
+@pytest.mark.parametrize(
+    "options, interrupted_call, calls, n_iter",
+    [
+        # During the third epoch's checkpoint: the epoch was complete, and the model
+        # saved on the way out is that epoch's, not the one before the run.
+        (["--max-iter", "5", "--checkpoint-every", "1"], 3, [1, 2, 3, 3], 3),
+        # During the final save, which was outside the handler of Ctrl-C: the run ended
+        # on a traceback, its model unsaved.
+        (["--max-iter", "2"], 1, [2, 2], 2),
+    ],
+    ids=["checkpoint", "final"],
+)
+def test_ctrl_c_while_a_model_is_saved_saves_it(
+    data, tmp_path, monkeypatch, capsys, options, interrupted_call, calls, n_iter
+):
+    saved = []
 
     def interrupted_save(model, directory):
-        calls.append(model.n_iter_)
-        if len(calls) == 3:
+        saved.append(model.n_iter_)
+        if len(saved) == interrupted_call:
             raise KeyboardInterrupt
         sksae.save(model, directory)
 
     monkeypatch.setattr(_cli, "save", interrupted_save)
     out = tmp_path / "sae"
-    argv = ["fit", str(data["npy"]), "-o", str(out), "--max-iter", "5", *SMALL]
-    assert main([*argv, "--checkpoint-every", "1"]) == 130
-    assert calls == [1, 2, 3, 3]
-    assert sksae.load(out).n_iter_ == 3
-    assert "(n_iter_=3)" in capsys.readouterr().err
+    assert main(["fit", str(data["npy"]), "-o", str(out), *options, *SMALL]) == 130
+    assert saved == calls
+    assert sksae.load(out).n_iter_ == n_iter
+    assert f"(n_iter_={n_iter})" in capsys.readouterr().err
 
 
 # Interrupted in the fourth epoch of fit, or in the second pass over three shards.
@@ -298,6 +310,12 @@ def bad_data(X, tmp_path):
     (tmp_path / "uneven").mkdir()
     np.save(tmp_path / "uneven" / "00.npy", X)
     np.save(tmp_path / "uneven" / "01.npy", X[:, :8])
+    (tmp_path / "cut_member").mkdir()
+    np.save(tmp_path / "cut_member" / "00.npy", X)
+    whole = io.BytesIO()
+    np.save(whole, X)
+    with zipfile.ZipFile(tmp_path / "cut_member" / "01.npz", "w") as archive:
+        archive.writestr("x.npy", whole.getvalue()[:-100])
     (tmp_path / "holes").mkdir()
     np.save(tmp_path / "holes" / "00.npy", X)
     np.save(tmp_path / "holes" / "01.npy", X[:0])
@@ -339,6 +357,7 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
         (["fit", "{tmp}/mixed.npz", "-o", "{tmp}/sae"], "mixed.npz[notes.txt] is not a .npy"),
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
         (["fit", "{tmp}/holes", "-o", "{tmp}/sae"], "01.npy holds no rows"),
+        (["fit", "{tmp}/cut_member", "-o", "{tmp}/sae"], "01.npz[x] is truncated: its header"),
         (["fit", "{tmp}/cut.safetensors", "-o", "{tmp}/sae"], "cut.safetensors[b] ends"),
         (["fit", "{tmp}/float8.safetensors", "-o", "{tmp}/sae"], "holds F8_E4M3 values"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
@@ -441,6 +460,21 @@ def test_evaluate_constant_data_is_exact(model_dir, tmp_path, capsys):
     np.save(tmp_path / "constant.npy", np.full((3, 16), 0.1))
     assert main(["evaluate", str(model_dir), str(tmp_path / "constant.npy")]) == 0
     assert re.search(r"^FVU\s+inf$", capsys.readouterr().out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("scale", [1.8e151, 1e-160])
+def test_evaluate_huge_or_tiny_data_matches_metrics(X, tmp_path, scale):
+    # Squared as they were, these overflowed the variance's sum (an FVU of 0 printed),
+    # or underflowed every square (NaN).
+    X = scale * X.astype(np.float64)
+    model = sksae.SparseAutoencoderTransformer(
+        n_components=64, k=3, max_iter=1, normalize_input="mean_norm", random_state=0
+    ).fit(X)
+    X = np.tile(X, (60, 1))
+    np.save(tmp_path / "X.npy", X)
+    evaluation = _cli._evaluate(model, _cli._shards(tmp_path / "X.npy"))
+    expected = metrics.fvu(X, model.inverse_transform(model.transform(X)))
+    assert 0 < evaluation["fvu"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_running_out_of_memory_is_one_line(data, tmp_path, monkeypatch, capsys):
