@@ -116,7 +116,7 @@ def save(estimator, path):
         raise ValueError(f"This {type(estimator).__name__} is not fitted yet: nothing to save.")
     # What load would refuse is not written: set_params and setattr validate nothing.
     estimator._validate_params()
-    described = f"This {type(estimator).__name__}"
+    described = f"the {type(estimator).__name__} to save"
     _check_state_names(dict(_fitted_state(estimator)), _STATE_OF[type(estimator)], described)
     _check_fitted_state(estimator, described)
     params = {name: _json_param(name, value) for name, value in estimator.get_params().items()}
@@ -163,20 +163,12 @@ def write_files_together(directory, files):
 
 
 def _json_param(name, value):
-    """A parameter's value as JSON can hold it; numpy scalars (a grid built with
+    """A valid parameter's value as JSON holds it: numpy scalars (a grid built with
     ``np.arange``, say) become Python numbers."""
     if isinstance(value, np.generic):
         value = value.item()
     if name == "random_state" and not (value is None or isinstance(value, int)):
         return None  # a RandomState instance only seeded the fit
-    if value is not None and not isinstance(value, (str, int, float)):
-        raise TypeError(
-            f"Cannot save the parameter {name}={value!r}: save writes parameters as JSON "
-            "numbers, strings, booleans or None."
-        )
-    if isinstance(value, float) and not math.isfinite(value):
-        # No parameter may be one (fit would refuse it): set_params validates nothing.
-        raise ValueError(f"Cannot save the parameter {name}={value!r}: it must be finite.")
     return value
 
 
