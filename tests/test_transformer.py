@@ -345,6 +345,23 @@ def test_pursuit_recovers_an_exact_code_over_orthonormal_atoms():
     torch.testing.assert_close(code.values, torch.zeros_like(code.values), rtol=0, atol=1e-12)
 
 
+def test_pursuit_picks_atoms_whatever_their_norms():
+    # By <atom, residual> alone, long atoms won whatever their fit: an imported
+    # checkpoint's decoder rows, not unit vectors, reconstructed 15 times worse.
+    from sksae._nn.pursuit import pursue
+
+    generator = torch.Generator().manual_seed(0)
+    atoms = torch.nn.functional.normalize(torch.randn(32, 16, generator=generator), dim=1)
+    lengths = torch.exp(4 * torch.rand(32, 1, generator=generator) - 2)
+    active = torch.rand(200, 32, generator=generator) < 0.1
+    x = torch.rand(200, 32, generator=generator).mul_(active) @ atoms
+    candidates = torch.randperm(32, generator=generator)[:16].expand(200, 16)
+    unit, scaled = (pursue(x, dictionary, candidates, 4) for dictionary in (atoms, lengths * atoms))
+    torch.testing.assert_close(
+        scaled.to_dense(32) * lengths.T, unit.to_dense(32), atol=1e-5, rtol=1e-4
+    )
+
+
 def test_pursuit_over_k_candidates_refits_the_encoders_choice(superposition_small):
     X, _ = superposition_small
     sae = _sae(n_components=64, k=3, max_iter=10).fit(X)

@@ -91,10 +91,15 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
         picked = torch.zeros_like(target, dtype=torch.bool)
         values = torch.zeros_like(target)
         rows = torch.arange(n_rows, device=target.device)
+        # An atom alone removes (<atom, residual> / ||atom||)^2 of the squared error: by
+        # the correlation alone, long atoms would win whatever their fit (the decoder
+        # rows of an imported checkpoint need not be unit vectors).
+        norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
         positions = []
         for _ in range(n_nonzero):
             correlation = target - (gram @ values.unsqueeze(2)).squeeze(2)
-            positions.append((rows, correlation.masked_fill(picked, -torch.inf).argmax(dim=1)))
+            gain = (correlation / norms).masked_fill_(picked, -torch.inf)
+            positions.append((rows, gain.argmax(dim=1)))
             picked[positions[-1]] = True
             values = _nonnegative_least_squares(gram, target, positions, values)
     return values
