@@ -340,12 +340,15 @@ def _from_saelens(directory):
         )
     dtype = np.float64 if dtype_name == "float64" else np.float32
     tensors = {name: array.astype(dtype) for name, array in _read_weights(weights_file)[0].items()}
-    if dtype_name in _HALF_PRECISION.values():
+    half_precision = dtype_name in _HALF_PRECISION.values()
+    if half_precision:
         _warn_half_precision(weights_file, "SAELens", dtype_name)
         tensors = {name: _rounded_to(array, dtype_name) for name, array in tensors.items()}
     if "log_threshold" in tensors and "threshold" not in tensors:
-        # Files of JumpReLU models mid-training: SAELens's threshold is exp(log_threshold).
-        tensors["threshold"] = np.exp(tensors.pop("log_threshold"))
+        # Files of JumpReLU models mid-training: SAELens's threshold is exp(log_threshold),
+        # taken in the dtype of its configuration.
+        threshold = np.exp(tensors.pop("log_threshold"))
+        tensors["threshold"] = _rounded_to(threshold, dtype_name) if half_precision else threshold
     scale = tensors.pop("finetuning_scaling_factor", tensors.pop("scaling_factor", None))
     shapes = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if architecture == "jumprelu":
@@ -480,7 +483,7 @@ def _from_dictionary_learning(directory):
         # As from_pretrained: the configuration's k must be the one saved with the weights.
         k = int(weights["k"])
         if trainer.get("k", k) != k:
-            raise ValueError(f"{config_file} gives k={trainer['k']}, but {weights_file} k={k}.")
+            raise ValueError(f"{config_file} gives k={trainer['k']!r}, but {weights_file} k={k}.")
     return _estimator(
         weights_file,
         # The classes are built in float32, and load_state_dict casts into them.
@@ -529,6 +532,13 @@ def _read_state_dict(file):
         isinstance(name, str) and isinstance(value, torch.Tensor) for name, value in state.items()
     ):
         raise ValueError(f"{file} is not a state dict (a mapping of names to tensors).")
+    for name, tensor in state.items():
+        # Sparse, meta and complex tensors load too, and have no real array to read.
+        if tensor.layout != torch.strided or tensor.is_meta or tensor.is_complex():
+            raise ValueError(
+                f"{file}: {name} is a {tensor.layout} {tensor.dtype} tensor on {tensor.device}; "
+                "a state dict of SAE weights holds dense real tensors."
+            )
     # detach: state_dict(keep_vars=True) saves Parameters, which load_state_dict takes.
     return {
         name: (tensor.to(torch.float32) if tensor.is_floating_point() else tensor).detach().numpy()

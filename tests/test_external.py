@@ -531,6 +531,13 @@ def test_a_half_precision_saelens_configuration_rounds_the_weights_as_saelens_do
     rounded = torch.from_numpy(weights["W_dec"]).to(half).float().numpy()
     assert model.components_.dtype == np.float32
     np.testing.assert_array_equal(model.components_, rounded)
+    # SAELens takes exp(log_threshold) in half precision too: sksae's was float32's.
+    cfg = {**cfg, "architecture": "jumprelu"}
+    weights = _saelens_checkpoint(tmp_path, rng, cfg, ("log_threshold",))
+    with pytest.warns(UserWarning, match="SAELens computes this checkpoint in"):
+        model = load_external(tmp_path, "saelens")
+    threshold = torch.from_numpy(weights["log_threshold"]).to(half).exp().float().numpy()
+    np.testing.assert_array_equal(model.threshold_, threshold)
 
 
 def test_training_folds_the_decoder_norms_of_a_checkpoint_into_its_encoder(tmp_path, rng):
@@ -830,4 +837,22 @@ def test_ae_pt_is_never_unpickled(tmp_path, rng):
     # A training backup ({"step", "ae", "optimizer", ...}) is not a state dict.
     torch.save({"step": 10, "ae": {"bias": torch.zeros(D_IN)}}, tmp_path / "ae.pt")
     with pytest.raises(ValueError, match="not a state dict"):
+        load_external(tmp_path, "dictionary_learning")
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.rand(N_LATENTS).to_sparse(),
+        torch.empty(N_LATENTS, device="meta"),
+        torch.rand(N_LATENTS, dtype=torch.complex64),
+    ],
+    ids=["sparse", "meta", "complex"],
+)
+def test_ae_pt_of_tensors_with_no_real_array_is_refused(tmp_path, rng, tensor):
+    # torch.load(weights_only=True) reads them; numpy did not, with a TypeError.
+    _dictionary_learning_checkpoint(tmp_path, rng, "JumpReluAutoEncoder")
+    state = torch.load(tmp_path / "ae.pt", weights_only=True)
+    torch.save({**state, "threshold": tensor}, tmp_path / "ae.pt")
+    with pytest.raises(ValueError, match=r"ae\.pt: threshold is a .* a state dict of SAE weights"):
         load_external(tmp_path, "dictionary_learning")
