@@ -2,6 +2,7 @@
 
 import copy
 import dataclasses
+import hashlib
 import math
 import signal
 import threading
@@ -245,13 +246,13 @@ class SparseAutoencoderTransformer(
         optimiser state for another ``max_iter`` epochs (a fresh learning-rate schedule
         without warm-ups, the input scale of the first fit). After a fit that was
         interrupted, or a checkpoint saved mid-fit (without ``early_stopping``), it
-        resumes that fit where it stopped, on the same ``X`` and with the same training
-        parameters (a change is an error; inference parameters, ``verbose`` and
-        ``device`` may change, and ``random_state`` is ignored: the interrupted fit's
-        seed goes on), to the end it would have reached uninterrupted, bit for bit on
-        the CPU. ``loss_curve_``, ``n_iter_``, ``n_steps_`` and
-        ``n_samples_seen_`` keep counting. ``n_components``, ``activation``, ``k`` and
-        ``bandwidth`` cannot change.
+        resumes that fit where it stopped, on the same ``X`` (checked by its size and a
+        digest of 64 of its rows) and with the same training parameters (a change is an
+        error; inference parameters, ``verbose`` and ``device`` may change, and
+        ``random_state`` is ignored: the interrupted fit's seed goes on), to the end it
+        would have reached uninterrupted, bit for bit on the CPU. ``loss_curve_``,
+        ``n_iter_``, ``n_steps_`` and ``n_samples_seen_`` keep counting.
+        ``n_components``, ``activation``, ``k`` and ``bandwidth`` cannot change.
 
     partial_fit_samples : int or None, default=None
         The number of samples that ``partial_fit`` calls are planned to train on in all
@@ -566,7 +567,7 @@ class SparseAutoencoderTransformer(
             device = self._torch_device()
             self._warn_of_emulated_autocast(device, dtype)
             if resumed is not None:
-                self._check_resumable(resumed, X.shape[0])
+                self._check_resumable(resumed, X)
             seed = _seed(self.random_state) if resumed is None else resumed["seed"]
             generator = torch.Generator().manual_seed(seed)
             if warm:
@@ -600,7 +601,12 @@ class SparseAutoencoderTransformer(
                 trainer.schedule = self._planned_schedule(
                     trainer, trainer.n_steps, planned_steps, warm_up_alpha=not warm
                 )
-                progress = {"seed": seed, "epoch": 0, "plateau": (math.inf, 0)}
+                progress = {
+                    "seed": seed,
+                    "epoch": 0,
+                    "plateau": (math.inf, 0),
+                    "data_digest": _data_digest(X),
+                }
             interrupted = self._run_epochs(
                 X,
                 X_fit,
@@ -626,15 +632,23 @@ class SparseAutoencoderTransformer(
             if name not in self._params_a_resumed_fit_may_change
         }
 
-    def _check_resumable(self, resumed, n_samples):
+    def _check_resumable(self, resumed, X):
         """Refuse to resume the interrupted fit ``resumed`` (``_fit_progress``) on other
         data or with other training parameters: it would not end as the fit it resumes."""
         interrupted = f"This estimator holds a fit interrupted after epoch {resumed['epoch']}"
-        if n_samples != resumed["n_samples"]:
+        if X.shape[0] != resumed["n_samples"]:
             raise ValueError(
                 f"{interrupted} on {resumed['n_samples']} samples, which warm_start resumes: "
-                f"it needs the same X, got {n_samples} samples. To train anew, set "
+                f"it needs the same X, got {X.shape[0]} samples. To train anew, set "
                 "warm_start=False."
+            )
+        # Fits interrupted before sksae kept a digest of their data resume unchecked.
+        digest = resumed.get("data_digest")
+        if digest is not None and digest != _data_digest(X):
+            raise ValueError(
+                f"{interrupted}, which warm_start resumes on the same X; this X has other "
+                "values or another order of rows (in the rows the fit keeps a digest of). "
+                "To train anew, set warm_start=False."
             )
         # Fits interrupted before sksae kept their parameters resume unchecked.
         ran_with = resumed.get("params") or self._training_params()
@@ -773,6 +787,7 @@ class SparseAutoencoderTransformer(
                         "schedule": dataclasses.asdict(trainer.schedule),
                         "plateau": (plateau.best, plateau.epochs_without_improvement),
                         "params": self._training_params(),
+                        "data_digest": progress.get("data_digest"),  # None: before sksae kept one
                     }
                 last_epoch = partial(
                     self._epoch_attributes,
@@ -1549,6 +1564,18 @@ def _check_magnitude(X, name, dtype=None, *, training_scale=None):
             f"normalize_input='mean_norm' or scale the data{wider}."
         )
     return X
+
+
+#: Rows of X, spread evenly over it, whose digest a fit keeps to resume on its own X.
+_DIGEST_ROWS = 64
+
+
+def _data_digest(X):
+    """The SHA-256 digest of X's shape and of :data:`_DIGEST_ROWS` of its rows in float64:
+    a check, cheap for a memory map too, that a resumed fit has the X it ran on."""
+    rows = np.unique(np.linspace(0, X.shape[0] - 1, _DIGEST_ROWS).astype(np.int64))
+    sample = np.ascontiguousarray(as_dense(X[rows]), dtype=np.float64)
+    return hashlib.sha256(repr(X.shape).encode() + sample.tobytes()).hexdigest()
 
 
 def _mean_row_norm(X):

@@ -1128,16 +1128,24 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_model(
     resumed = sksae.load(tmp_path).set_params(warm_start=True)
     with pytest.raises(ValueError, match="needs the same X, got 100 samples"):
         resumed.fit(X[:100])
+    # Of the same size, other values or another order: the digest of a few rows tells.
+    for other in [X * 5 + 3, X[::-1]]:
+        with pytest.raises(ValueError, match="this X has other values or another order"):
+            resumed.fit(other)
     # Nor with other training parameters: the fit would not end as the one it resumes.
     state = _state(resumed)
     with pytest.raises(ValueError, match=r"batch_size=32 \(it ran with 256\), max_iter=30"):
         resumed.set_params(max_iter=30, batch_size=32).fit(X)
     assert _state(resumed.set_params(max_iter=20, batch_size=256, verbose=0)) == state
-    resumed.fit(X)
+    # A fit interrupted before sksae kept a digest of its data resumes too.
+    earlier = pickle.loads(pickle.dumps(resumed))
+    del earlier._fit_progress["data_digest"]
     counters = ["loss_curve_", "n_iter_", "n_steps_", "n_samples_seen_", "_trainer_state"]
-    for name in [*FITTED_ARRAYS, *counters]:
-        # Exact equality, recursing into the optimiser state's dicts and lists.
-        np.testing.assert_equal(getattr(resumed, name), getattr(uninterrupted, name))
+    for model in [earlier, resumed]:
+        model.fit(X)
+        for name in [*FITTED_ARRAYS, *counters]:
+            # Exact equality, recursing into the optimiser state's dicts and lists.
+            np.testing.assert_equal(getattr(model, name), getattr(uninterrupted, name))
     # Once a fit has run to its end, a warm start trains max_iter more epochs.
     first_losses = list(resumed.loss_curve_)
     resumed.set_params(max_iter=3).fit(X)
