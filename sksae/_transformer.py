@@ -1178,6 +1178,10 @@ class SparseAutoencoderTransformer(
         fitted = {"n_components": self.components_.shape[0], **self._fitted_sparsifier_params}
         current = {"n_components": self.n_components, **self._sparsifier_params()}
         names = [name for name in {**fitted, **current} if name != "n_latents"]
+        if current["activation"] != fitted["activation"]:
+            # The other sparsifier parameters are each activation's own: that one has a
+            # k and the other none is no change of the user's.
+            names = ["n_components", "activation"]
         changed = _changes(current, fitted, names, "fitted:")
         if changed:
             raise ValueError(

@@ -1300,6 +1300,12 @@ def test_partial_fit_refuses_a_changed_model_shape(superposition_small):
     jumprelu = _sae(activation="jumprelu").partial_fit(X)
     with pytest.raises(ValueError, match=r"bandwidth=0\.01 \(fitted: 0\.001\)"):
         jumprelu.set_params(bandwidth=0.01).partial_fit(X)
+    # The activation alone is named: the message listed k=None (fitted: 3), a k the user
+    # never changed, and bandwidth=0.001 (fitted: None) the other way.
+    for model, activation in [(sae, "relu"), (sae, "jumprelu"), (jumprelu, "topk")]:
+        with pytest.raises(ValueError) as error:
+            model.set_params(activation=activation).partial_fit(X)
+        assert str(error.value).count("fitted:") == 1
 
 
 @pytest.mark.parametrize("activation", ["topk", "batchtopk"])
