@@ -1270,7 +1270,10 @@ class SparseAutoencoderTransformer(
             return self.learning_rate
         return min(1e-2, 2e-4 / math.sqrt(self.n_components / 2**14))
 
-    def _torch_device(self):
+    def _torch_device(self, *, cpu_without_gpu=False):
+        """The torch device ``device`` names; with ``cpu_without_gpu``, the CPU in place
+        of a CUDA device on a machine without one (a model fitted on a GPU still encodes
+        there)."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -1281,6 +1284,8 @@ class SparseAutoencoderTransformer(
                 "'cuda:<index>' or 'auto'."
             ) from exc
         if device.type == "cuda" and not torch.cuda.is_available():
+            if cpu_without_gpu:
+                return torch.device("cpu")
             raise ValueError(
                 f"device={self.device!r} was requested, but torch sees no CUDA GPU on "
                 "this machine; use device='cpu' or device='auto'."
@@ -1291,16 +1296,9 @@ class SparseAutoencoderTransformer(
 
     # ------------------------------------------------------------------ inference
 
-    def _inference_device(self):
-        # A model fitted on a GPU still encodes on a machine without one.
-        try:
-            return self._torch_device()
-        except ValueError:
-            return torch.device("cpu")
-
     def _map_rows(self, fn, X):
         """``fn(model, rows)`` over ``X`` in chunks, the model in the dtype of ``X``."""
-        device = self._inference_device()
+        device = self._torch_device(cpu_without_gpu=True)
         model = self._module(device, dtype=X.dtype)
         with torch.inference_mode():
             return map_rows(lambda chunk: fn(model, chunk), X, device=device)
@@ -1334,7 +1332,7 @@ class SparseAutoencoderTransformer(
         encode = self._encoder()
         if not self.sparse_output:
             return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
-        device = self._inference_device()
+        device = self._torch_device(cpu_without_gpu=True)
         model = self._module(device, dtype=X.dtype)
         with torch.inference_mode():
             chunks = [

@@ -1348,6 +1348,14 @@ def test_invalid_parameters_are_named(superposition_small, params, match):
         _sae(**params).fit(X)
 
 
+def test_inference_refuses_a_device_that_is_none(superposition_small):
+    # Inference fell back to the CPU for any device, where only a CUDA device on a
+    # machine without a GPU should.
+    sae = _sae(max_iter=1).fit(superposition_small[0])
+    with pytest.raises(ValueError, match="is not a torch device"):
+        sae.set_params(device="not-a-device").transform(superposition_small[0][:2])
+
+
 def test_cuda_without_a_gpu_is_a_clear_error(superposition_small, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     sae = _sae(device="cuda")
