@@ -261,10 +261,11 @@ class SparseAutoencoderTransformer(
         ``learning_rate_warmup_steps``) with ``alpha`` at full strength. An int:
         ``partial_fit`` follows ``fit``'s schedule laid over that many samples, ``alpha``
         warming up over the first 5% and the learning rate decaying linearly to zero
-        over the last 20%, reckoned in samples whatever the sizes of the chunks. A
-        first call on all of ``X`` (``n`` samples), then ``E - 1`` passes over it in
-        chunks of multiples of ``batch_size``, with ``partial_fit_samples=E * n``, give
-        exactly the model of ``fit`` with ``max_iter=E``, ``shuffle=False`` and
+        over the last 20%, reckoned in samples whatever the sizes of the chunks. For
+        ``X`` of ``n`` samples, ``n`` a multiple of ``batch_size``: a first call on all
+        of ``X``, then ``E - 1`` passes over it in chunks of multiples of
+        ``batch_size``, with ``partial_fit_samples=E * n``, give exactly the model of
+        ``fit`` with ``max_iter=E``, ``shuffle=False`` and
         ``max_no_improvement=None``; a model otherwise starts from its first chunk (the
         decoder bias, and with ``normalize_input`` the input scale). Samples past
         the plan in a call train at a learning rate of zero, and a call once the plan is
