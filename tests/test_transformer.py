@@ -360,6 +360,11 @@ def test_pursuit_picks_atoms_whatever_their_norms():
     torch.testing.assert_close(
         scaled.to_dense(32) * lengths.T, unit.to_dense(32), atol=1e-5, rtol=1e-4
     )
+    # An atom whose squared norm underflows has no share to win with: 2 a0 + a1 is
+    # rebuilt from a0 and a1, not from a0 and a nonzero atom of 1e-30 along it.
+    atoms[5] = 1e-30 * atoms[0]
+    code = pursue(2 * atoms[:1] + atoms[1:2], atoms, torch.arange(8)[None], 2)
+    assert set(code.indices[code.values > 0].tolist()) == {0, 1}
 
 
 def test_pursuit_over_k_candidates_refits_the_encoders_choice(superposition_small):

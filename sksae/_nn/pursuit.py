@@ -93,12 +93,14 @@ def _pursue_block(residual, decoder, candidates, n_nonzero):
         rows = torch.arange(n_rows, device=target.device)
         # An atom alone removes (<atom, residual> / ||atom||)^2 of the squared error: by
         # the correlation alone, long atoms would win whatever their fit (the decoder
-        # rows of an imported checkpoint need not be unit vectors).
-        norms = gram.diagonal(dim1=1, dim2=2).sqrt().clamp_min(torch.finfo(gram.dtype).tiny)
+        # rows of an imported checkpoint need not be unit vectors). An atom whose squared
+        # norm underflows to 0 removes nothing the dtype can tell.
+        squared_norms = gram.diagonal(dim1=1, dim2=2)
         positions = []
         for _ in range(n_nonzero):
             correlation = target - (gram @ values.unsqueeze(2)).squeeze(2)
-            gain = (correlation / norms).masked_fill_(picked, -torch.inf)
+            gain = torch.where(squared_norms > 0, correlation / squared_norms.sqrt(), 0.0)
+            gain.masked_fill_(picked, -torch.inf)
             positions.append((rows, gain.argmax(dim=1)))
             picked[positions[-1]] = True
             values = _nonnegative_least_squares(gram, target, positions, values)
