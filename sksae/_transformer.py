@@ -568,7 +568,7 @@ class SparseAutoencoderTransformer(
             device = self._torch_device()
             self._warn_of_emulated_autocast(device, dtype)
             if resumed is not None:
-                self._check_resumable(resumed, X)
+                self._check_resumable(resumed, X, dtype)
             seed = _seed(self.random_state) if resumed is None else resumed["seed"]
             generator = torch.Generator().manual_seed(seed)
             if warm:
@@ -606,7 +606,7 @@ class SparseAutoencoderTransformer(
                     "seed": seed,
                     "epoch": 0,
                     "plateau": (math.inf, 0),
-                    "data_digest": _data_digest(X),
+                    "data_digest": _data_digest(X, dtype),
                 }
             interrupted = self._run_epochs(
                 X,
@@ -633,9 +633,10 @@ class SparseAutoencoderTransformer(
             if name not in self._params_a_resumed_fit_may_change
         }
 
-    def _check_resumable(self, resumed, X):
+    def _check_resumable(self, resumed, X, dtype):
         """Refuse to resume the interrupted fit ``resumed`` (``_fit_progress``) on other
-        data or with other training parameters: it would not end as the fit it resumes."""
+        data (``X``, trained in ``dtype``) or with other training parameters: it would not
+        end as the fit it resumes."""
         interrupted = f"This estimator holds a fit interrupted after epoch {resumed['epoch']}"
         if X.shape[0] != resumed["n_samples"]:
             raise ValueError(
@@ -645,7 +646,7 @@ class SparseAutoencoderTransformer(
             )
         # Fits interrupted before sksae kept a digest of their data resume unchecked.
         digest = resumed.get("data_digest")
-        if digest is not None and digest != _data_digest(X):
+        if digest is not None and digest != _data_digest(X, dtype):
             raise ValueError(
                 f"{interrupted}, which warm_start resumes on the same X; this X has other "
                 "values or another order of rows (in the rows the fit keeps a digest of). "
@@ -676,12 +677,34 @@ class SparseAutoencoderTransformer(
             self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=new_model
         )
         dtype = X.dtype.newbyteorder("=") if new_model else self.components_.dtype
-        if not new_model:
-            scale = self.input_scale_
-        else:  # normalize_input='mean_norm' scales the data to norms of sqrt(n_features)
-            scale = 1.0 if self.normalize_input == "none" else None
-        X = _check_magnitude(X, "X", dtype, training_scale=scale)
+        X, largest = _check_magnitude(X, "X", dtype)
+        self._check_squares_are_normal(largest, dtype, new_model=new_model)
         return (X if is_memory_mapped(X) else X.astype(dtype, copy=False)), dtype
+
+    def _check_squares_are_normal(self, largest, dtype, *, new_model):
+        """Refuse training data whose largest value ``largest``, in the units training
+        sees, squares below the smallest normal number of ``dtype``: the squared errors
+        would underflow to a loss of 0, or of a few digits, whatever the fit."""
+        if new_model and self.normalize_input == "mean_norm":
+            return  # scaled to norms of sqrt(n_features)
+        scale = self.input_scale_ if not new_model else 1.0
+        smallest_normal = np.finfo(dtype).tiny
+        if not 0 < largest * scale < math.sqrt(smallest_normal):
+            return
+        if new_model:
+            wider = ", or pass it as float64" if dtype.itemsize < 8 else ""
+            advice = f"set normalize_input='mean_norm' or scale the data{wider}"
+        else:
+            advice = (
+                f"the model trained on data of another scale (input_scale_={scale:.3g}): "
+                "pass data on the scale of its first fit, or fit a new model"
+            )
+        raise ValueError(
+            f"X holds values up to {largest * scale:.3g} in magnitude, in the units of "
+            f"training, whose squares are below the smallest normal {np.dtype(dtype)} "
+            f"({smallest_normal:.3g}): the squared reconstruction errors of training "
+            f"would underflow; {advice}."
+        )
 
     def _split_validation(self, X, generator):
         """``(X_fit, X_val)``: a random ``validation_fraction`` held out for early
@@ -1307,7 +1330,7 @@ class SparseAutoencoderTransformer(
     def _validate_input(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=False)
-        return _check_magnitude(X, "X")
+        return _check_magnitude(X, "X")[0]
 
     def transform(self, X):
         """Encode ``X`` as sparse codes.
@@ -1532,16 +1555,12 @@ def _set_weights(
     return estimator
 
 
-def _check_magnitude(X, name, dtype=None, *, training_scale=None):
+def _check_magnitude(X, name, dtype=None):
     """Refuse values whose squares, summed over a row, would overflow ``dtype`` (default:
-    that of ``X``), and, for data that training multiplies by ``training_scale``, a
-    largest value whose square, so scaled, is below the smallest normal number of
-    ``dtype``.
+    that of ``X``); return ``X`` and its largest magnitude.
 
     Finite but huge inputs would otherwise turn into infinite losses, codes or scores
-    deep inside the computation. The bound leaves a factor of 1000 of headroom. Tiny
-    ones would train on squared errors that underflow: a loss of 0, or of a few digits,
-    whatever the fit.
+    deep inside the computation. The bound leaves a factor of 1000 of headroom.
     """
     if sp.issparse(X) and not X.has_canonical_format:
         # max and min would sum the duplicates of the caller's matrix in place; the copy
@@ -1556,29 +1575,22 @@ def _check_magnitude(X, name, dtype=None, *, training_scale=None):
             f"arithmetic on {X.shape[1]} features can square and sum ({bound:.3g}); scale "
             "the data first (for example with StandardScaler)."
         )
-    smallest_normal = np.finfo(dtype).tiny
-    if training_scale is not None and 0 < largest * training_scale < math.sqrt(smallest_normal):
-        scaled = "" if training_scale == 1 else f" (times input_scale_, {training_scale:.3g})"
-        wider = ", or pass it as float64" if dtype.itemsize < 8 else ""
-        raise ValueError(
-            f"{name} holds values up to {largest:.3g} in magnitude{scaled}, whose squares "
-            f"are below the smallest normal {dtype} ({smallest_normal:.3g}): the squared "
-            "reconstruction errors of training would underflow. Set "
-            f"normalize_input='mean_norm' or scale the data{wider}."
-        )
-    return X
+    return X, largest
 
 
 #: Rows of X, spread evenly over it, whose digest a fit keeps to resume on its own X.
 _DIGEST_ROWS = 64
 
 
-def _data_digest(X):
-    """The SHA-256 digest of X's shape and of :data:`_DIGEST_ROWS` of its rows in float64:
-    a check, cheap for a memory map too, that a resumed fit has the X it ran on."""
+def _data_digest(X, dtype):
+    """The SHA-256 digest of X's shape and of :data:`_DIGEST_ROWS` of its rows, in the
+    ``dtype`` training casts them to: a check, cheap for a memory map too, that a
+    resumed fit has the X it ran on (whatever holds it)."""
     rows = np.unique(np.linspace(0, X.shape[0] - 1, _DIGEST_ROWS).astype(np.int64))
-    sample = np.ascontiguousarray(as_dense(X[rows]), dtype=np.float64)
-    return hashlib.sha256(repr(X.shape).encode() + sample.tobytes()).hexdigest()
+    sample = np.ascontiguousarray(as_dense(X[rows]), dtype=dtype)
+    digest = hashlib.sha256(repr(X.shape).encode())
+    digest.update(sample)  # its buffer: no copy of the rows
+    return digest.hexdigest()
 
 
 def _mean_row_norm(X):

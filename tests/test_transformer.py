@@ -692,7 +692,9 @@ def test_data_whose_squares_underflow_are_refused_unless_normalised(scale, dtype
     # Their squared errors underflowed to a loss of 0: the fit learnt nothing, and
     # float64's said nothing about it.
     X = (scale * make_sparse_superposition(1000, 16, 48, 3, random_state=0)).astype(dtype)
-    sae = _sae(n_components=32, k=3, max_iter=3).fit(X / scale)
+    fitted = _sae(n_components=32, k=3, max_iter=3).fit(X / scale)
+    # A fit starts anew, as does partial_fit's first call: a new model's advice.
+    sae = fitted if train == "fit" else clone(fitted)
     state = _state(sae)
     with pytest.raises(ValueError, match=rf"whose squares are below .* {advice}"):
         getattr(sae, train)(X)
@@ -707,9 +709,11 @@ def test_a_continued_fit_refuses_data_that_its_input_scale_leaves_underflowing()
     X = make_sparse_superposition(1000, 16, 48, 3, random_state=0)
     sae = _sae(n_components=32, k=3, normalize_input="mean_norm").partial_fit(X)
     state = _state(sae)
-    with pytest.raises(ValueError, match=r"e-170 in magnitude \(times input_scale_, 1\.\d+\)"):
-        sae.partial_fit(1e-170 * X)
-    assert _state(sae) == state
+    # Neither float64 nor normalize_input would help it: its scale is its first fit's.
+    for X_tiny in [1e-170 * X, sp.csr_array(1e-170 * X)]:
+        with pytest.raises(ValueError, match=r"another scale \(input_scale_=1\.\d+\): pass"):
+            sae.set_params(normalize_input="none").partial_fit(X_tiny)
+    assert _state(sae.set_params(normalize_input="mean_norm")) == state
 
 
 def test_partial_fit_keeps_the_scale_of_its_first_call():
@@ -1100,6 +1104,22 @@ def test_a_ctrl_c_while_the_fitted_attributes_are_set_keeps_the_whole_fit(
         sae.fit(X)
     monkeypatch.undo()
     assert _state(sae) == _state(reference)
+
+
+def test_a_fit_resumes_on_its_X_whatever_holds_it(monkeypatch, tmp_path):
+    # The digest of the X a fit ran on is of the values training sees: a float32 fit
+    # of float64 data resumes on them in memory (cast whole), in a memory map (each
+    # batch cast: the digest was of its float64 values) or as CSC.
+    X = make_sparse_superposition(600, 8, 16, 2, random_state=0)
+    sae = _sae(n_components=16, k=2, max_iter=3)
+    _interrupt_on_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        sae.fit(X.astype(np.float32))
+    monkeypatch.undo()
+    np.save(tmp_path / "X.npy", X)
+    for same in [X, np.load(tmp_path / "X.npy", mmap_mode="r"), sp.csc_array(X)]:
+        resumed = pickle.loads(pickle.dumps(sae)).set_params(warm_start=True).fit(same)
+        assert resumed.n_iter_ == 3
 
 
 # Interrupted one epoch into a plateau (one epoch of the two that trigger the cool-down).
