@@ -40,7 +40,7 @@ from ._persistence import (
     _read_json,
     _read_safetensors_with_metadata,
     _safetensors_bytes,
-    write_files_together,
+    _write_files_together,
 )
 from ._transformer import SparseAutoencoderTransformer, _set_weights
 
@@ -160,8 +160,9 @@ def export(model, path, format="sparsify"):
     The directory (created if needed) receives sparsify's ``cfg.json`` and
     ``sae.safetensors``, in the dtype of the model, which ``SparseCoder.load_from_disk``
     of sparsify and :func:`load_external` read back to the same encoder and decoder.
-    Each file is written under a temporary name and renamed, so an interrupted export
-    never leaves a half-written file under the final name. Only the autoencoder is
+    Both files are written under temporary names, then renamed together, so an export
+    interrupted by Ctrl-C leaves neither a half-written file nor one export's weights
+    beside another's configuration. Only the autoencoder is
     written: ``transform_algorithm="pursuit"``, the feature names and the training state
     have no place in sparsify's format.
 
@@ -245,7 +246,7 @@ def export(model, path, format="sparsify"):
         "sae.safetensors": _safetensors_bytes(tensors),
         "cfg.json": json.dumps(cfg, indent=1).encode(),
     }
-    write_files_together(path, files)
+    _write_files_together(path, files)
 
 
 # ---------------------------------------------------------------------------- sparsify
@@ -533,8 +534,14 @@ def _read_state_dict(file):
     ):
         raise ValueError(f"{file} is not a state dict (a mapping of names to tensors).")
     for name, tensor in state.items():
-        # Sparse, meta and complex tensors load too, and have no real array to read.
-        if tensor.layout != torch.strided or tensor.is_meta or tensor.is_complex():
+        # Sparse, meta, quantized and complex tensors load too, and have no real array
+        # to read.
+        if (
+            tensor.layout != torch.strided
+            or tensor.is_meta
+            or tensor.is_quantized
+            or tensor.is_complex()
+        ):
             raise ValueError(
                 f"{file}: {name} is a {tensor.layout} {tensor.dtype} tensor on {tensor.device}; "
                 "a state dict of SAE weights holds dense real tensors."

@@ -76,8 +76,8 @@ def save(estimator, path):
     The directory (created if needed) receives ``model.safetensors``, every array of the
     fitted state, and ``config.json``, the class, its parameters, the sksae version and
     the other fitted attributes. Both files are written under temporary names, then
-    renamed together (see :func:`write_files_together`): an interrupted save leaves the
-    directory as it was or with both files new, never one of each.
+    renamed together with Ctrl-C held: a save interrupted by Ctrl-C leaves the directory
+    as it was or with both files new, never one of each.
     :func:`load` reads it back bitwise. A ``random_state`` that is not an int or None
     is saved as None: it only seeded the fit. Parameters or fitted attributes that load
     would refuse (set by hand: ``set_params`` validates nothing) are an error, before
@@ -139,25 +139,33 @@ def save(estimator, path):
     config_json = json.dumps(config, indent=1, allow_nan=False)
     # The weights of one save beside the configuration of another would match neither's
     # digest: load would refuse both.
-    write_files_together(path, {WEIGHTS_FILE: weights, CONFIG_FILE: config_json.encode()})
+    _write_files_together(path, {WEIGHTS_FILE: weights, CONFIG_FILE: config_json.encode()})
 
 
-def write_files_together(directory, files):
+def _write_files_together(directory, files):
     """Write ``files`` (name -> bytes) into ``directory`` (created if needed), each under
-    a temporary name, then rename them all with Ctrl-C held: an interrupted write leaves
-    the directory as it was or with every file new, never some of each.
+    a temporary name, then rename them all with Ctrl-C held: a Ctrl-C leaves the
+    directory as it was or with every file new, never some of each (a failed rename, a
+    killed process or a power cut can, and the files' digests then refuse the pair).
 
-    A Ctrl-C held is raised once the renames are done.
+    A Ctrl-C held is raised once the renames are done. A write that fails removes the
+    temporary files it wrote: after a full disk, a file the size of the weights.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"{directory} exists and is not a directory.")
     directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (directory / f"{name}.tmp").write_bytes(data)
+    temporaries = {name: directory / f"{name}.tmp" for name in files}
+    try:
+        for name, data in files.items():
+            temporaries[name].write_bytes(data)
+    except BaseException:
+        for temporary in temporaries.values():
+            temporary.unlink(missing_ok=True)
+        raise
     with _interrupts_held() as held:
-        for name in files:
-            os.replace(directory / f"{name}.tmp", directory / name)
+        for name, temporary in temporaries.items():
+            os.replace(temporary, directory / name)
     if held.signalled:
         raise KeyboardInterrupt
 

@@ -846,8 +846,9 @@ def test_ae_pt_is_never_unpickled(tmp_path, rng):
         torch.rand(N_LATENTS).to_sparse(),
         torch.empty(N_LATENTS, device="meta"),
         torch.rand(N_LATENTS, dtype=torch.complex64),
+        torch.quantize_per_tensor(torch.rand(N_LATENTS), 0.1, 0, torch.quint8),
     ],
-    ids=["sparse", "meta", "complex"],
+    ids=["sparse", "meta", "complex", "quantized"],
 )
 def test_ae_pt_of_tensors_with_no_real_array_is_refused(tmp_path, rng, tensor):
     # torch.load(weights_only=True) reads them; numpy did not, with a TypeError.

@@ -387,6 +387,23 @@ def test_ctrl_c_between_the_files_of_a_save_holds_until_both_are_in_place(
     assert sorted(path.name for path in tmp_path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
 
 
+def test_a_save_that_fails_to_write_leaves_no_temporary_file(models, tmp_path, monkeypatch):
+    # A full disk at the configuration left the weights' temporary copy behind.
+    sksae.save(models["jumprelu"], tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    write_bytes = Path.write_bytes
+
+    def full_disk(path, data):
+        if path.name == f"{CONFIG_FILE}.tmp":
+            raise OSError(28, "No space left on device")
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        sksae.save(models["topk"], tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
 def test_save_into_a_file_is_a_clear_error(models, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="file exists and is not a directory"):
