@@ -316,6 +316,9 @@ def bad_data(X, tmp_path):
     np.save(whole, X)
     with zipfile.ZipFile(tmp_path / "cut_member" / "01.npz", "w") as archive:
         archive.writestr("x.npy", whole.getvalue()[:-100])
+    (tmp_path / "objects").mkdir()
+    np.save(tmp_path / "objects" / "00.npy", X)
+    np.savez(tmp_path / "objects" / "01.npz", X=np.zeros((64, 16), dtype=object))
     (tmp_path / "holes").mkdir()
     np.save(tmp_path / "holes" / "00.npy", X)
     np.save(tmp_path / "holes" / "01.npy", X[:0])
@@ -358,6 +361,8 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
         (["fit", "{tmp}/uneven", "-o", "{tmp}/sae"], "01.npy has 8 features"),
         (["fit", "{tmp}/holes", "-o", "{tmp}/sae"], "01.npy holds no rows"),
         (["fit", "{tmp}/cut_member", "-o", "{tmp}/sae"], "01.npz[x] is truncated: its header"),
+        # Pickled objects have no size a header gives: they were called truncated.
+        (["fit", "{tmp}/objects", "-o", "{tmp}/sae"], "01.npz[X] holds object values"),
         (["fit", "{tmp}/cut.safetensors", "-o", "{tmp}/sae"], "cut.safetensors[b] ends"),
         (["fit", "{tmp}/float8.safetensors", "-o", "{tmp}/sae"], "holds F8_E4M3 values"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
