@@ -57,8 +57,9 @@ def fvu(X, X_hat):
     # values beyond about 1e154 overflow, and below about 1e-154 underflow; differences
     # of values beyond about 1e307 overflow too.
     scale = largest_magnitude(X) or 1.0
-    X, X_hat = X / scale, X_hat / scale
-    residual = np.square(X - X_hat).sum()
+    X, errors = X / scale, X_hat / scale
+    errors -= X  # in place: no third array the size of X
+    residual = np.square(errors, out=errors).sum()
     total = squared_deviation_sum(X)  # exactly 0 when the rows are all the same
     with np.errstate(divide="ignore", invalid="ignore"):
         return float(residual / total)
