@@ -1,3 +1,4 @@
+import signal
 import sys
 import threading
 import tracemalloc
@@ -40,6 +41,15 @@ class _EpochModels:
 
     def teardown(self, estimator, context):
         pass
+
+
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler, as a terminal gives it: a job started in the
+    background (CI's, say) inherits SIGINT ignored, and then Ctrl-C raises nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture

@@ -368,7 +368,7 @@ def test_save_refuses_what_load_would_and_leaves_the_directory_as_it_was(
 
 
 def test_ctrl_c_between_the_files_of_a_save_holds_until_both_are_in_place(
-    models, tmp_path, monkeypatch
+    models, tmp_path, monkeypatch, ctrl_c_raises
 ):
     # The weights were renamed into place, then Ctrl-C came before the configuration's
     # rename: neither save's pair remained, and load refused the directory.

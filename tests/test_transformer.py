@@ -1025,15 +1025,6 @@ def test_an_interrupt_in_the_first_epoch_leaves_the_estimator_as_it_was(
     assert not hasattr(sae, "components_")
 
 
-@pytest.fixture
-def ctrl_c_raises():
-    """Python's own Ctrl-C handler, as a terminal gives it: a job started in the
-    background (CI's, say) inherits SIGINT ignored, and then Ctrl-C raises nothing."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def _ctrl_c_on_call(monkeypatch, owner, name, call):
     """Send this process a Ctrl-C (SIGINT) as the ``call``-th call of ``owner.name``
     starts, as a user would while it runs (under the ``ctrl_c_raises`` fixture)."""
