@@ -55,6 +55,7 @@ from ._persistence import (
     _entry_layout,
     load,
     save,
+    writable_directory,
 )
 from ._transformer import SparseAutoencoderTransformer
 
@@ -561,7 +562,9 @@ def _fit_command(args):
         warnings.simplefilter("ignore")
         model._check_sparsifier_params()
     shards = _shards(args.data)
-    _make_model_directory(model_dir)
+    # Before any training: a MODEL_DIR that saving would fail to write must not cost
+    # the training first.
+    writable_directory(model_dir)
     save_model = partial(_save, directory=model_dir, warm_start=warm_start)
     try:
         if len(shards) == 1:
@@ -580,14 +583,6 @@ def _save(model, directory, warm_start):
     set it: a model loaded later starts a fresh fit unless its user chose otherwise."""
     model.set_params(warm_start=warm_start)
     save(model, directory)
-
-
-def _make_model_directory(directory):
-    """Create MODEL_DIR before any training: one that saving would fail to write must
-    not cost the training first."""
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a directory: choose another MODEL_DIR.")
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 def _fit_array(model, shards, args, save_model):

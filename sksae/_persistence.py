@@ -151,10 +151,7 @@ def _write_files_together(directory, files):
     A Ctrl-C held is raised once the renames are done. A write that fails removes the
     temporary files it wrote: after a full disk, a file the size of the weights.
     """
-    directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"{directory} exists and is not a directory.")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = writable_directory(directory)
     temporaries = {name: directory / f"{name}.tmp" for name in files}
     try:
         for name, data in files.items():
@@ -168,6 +165,15 @@ def _write_files_together(directory, files):
             os.replace(temporary, directory / name)
     if held.signalled:
         raise KeyboardInterrupt
+
+
+def writable_directory(path):
+    """``path`` as a directory, created if needed; a ``ValueError`` where a file is."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"{directory} exists and is not a directory.")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def _json_param(name, value):
