@@ -53,11 +53,13 @@ def fvu(X, X_hat):
     X, X_hat = _dense_floats(X, "X"), _dense_floats(X_hat, "X_hat")
     if X.shape != X_hat.shape:
         raise ValueError(f"X and X_hat must have the same shape, got {X.shape} and {X_hat.shape}.")
-    # Both sums in units of the largest value of X, whose ratio is the same: squares of
-    # values beyond about 1e154 overflow, and below about 1e-154 underflow; differences
-    # of values beyond about 1e307 overflow too.
-    scale = largest_magnitude(X) or 1.0
-    X, errors = X / scale, X_hat / scale
+    # Both sums in units of the power of two just above the largest value of X, whose
+    # ratio is the same: squares of values beyond about 1e154 overflow, and below about
+    # 1e-154 underflow; differences of values beyond about 1e307 overflow too. A power of
+    # two scales exactly: a division by the largest value rounded X and X_hat before
+    # their difference cancelled, and lost 7 digits of the FVU of data offset by 1e9.
+    exponent = np.frexp(largest_magnitude(X))[1]
+    X, errors = np.ldexp(X, -exponent), np.ldexp(X_hat, -exponent)
     errors -= X  # in place: no third array the size of X
     residual = np.square(errors, out=errors).sum()
     total = squared_deviation_sum(X)  # exactly 0 when the rows are all the same

@@ -109,6 +109,23 @@ def test_mmcs_of_huge_or_subnormal_directions(scale):
     assert mmcs(np.array([[scale, 0.0]]), np.array([[1.0, 0.0]])) == 1.0
 
 
+@pytest.mark.parametrize("offset", [1e9, -1e12])
+@pytest.mark.parametrize("container", [np.asarray, sp.csr_array])
+def test_fvu_of_data_far_from_the_origin_is_as_exact_as_the_plain_formula(offset, container):
+    # X and X_hat agree to 9 or 12 digits: scaling them by anything but a power of two
+    # before their difference rounds them, and the FVU came out 1e-7 and 3e-5 off; the
+    # mean, rounded to float64, added 5e-10 more at 1e12.
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 4))
+    X_hat = X + 0.1 * rng.standard_normal(X.shape)
+    X, X_hat = X + offset, X_hat + offset
+    # Exact differences (Sterbenz): the data near the origin, where the plain formula
+    # is exact to about 1e-15.
+    near, near_hat = X - offset, X_hat - offset
+    plain = np.square(near - near_hat).sum() / np.square(near - near.mean(axis=0)).sum()
+    assert fvu(container(X), X_hat) == pytest.approx(plain, rel=1e-12)
+
+
 @pytest.mark.parametrize("scale", [1e306, 1e160, 1e-170])
 @pytest.mark.parametrize("container", [np.asarray, sp.csr_array])
 def test_fvu_of_huge_or_tiny_data(scale, container):
