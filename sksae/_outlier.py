@@ -1,14 +1,13 @@
 """Anomaly detection by reconstruction error: samples unlike the training data
 reconstruct badly through a sparse dictionary learned on it."""
 
-from numbers import Real
-
 import numpy as np
 from sklearn.base import OutlierMixin
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._transformer import SparseAutoencoderTransformer, _changes
+from ._validation import Reals
 
 #: Tukey's "far out" fence: with ``contamination="auto"`` a sample is an outlier when its
 #: reconstruction error exceeds the third quartile of the training errors by more than
@@ -93,7 +92,7 @@ feature_names_in_
 
     _parameter_constraints: dict = {
         **SparseAutoencoderTransformer._parameter_constraints,
-        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "contamination": [StrOptions({"auto"}), Reals(0, 0.5, closed="right")],
     }
     #: And contamination, which sets offset_ alone, computed anew at the end of every fit.
     _params_a_resumed_fit_may_change = (

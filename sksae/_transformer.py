@@ -9,7 +9,6 @@ import threading
 import warnings
 from contextlib import contextmanager
 from functools import partial
-from numbers import Real
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -27,7 +26,6 @@ from sklearn.callback import CallbackSupportMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import (
-    Interval,
     StrOptions,
     validate_parameter_constraints,
 )
@@ -58,7 +56,7 @@ from ._nn.training import (
     evaluate_fvu,
     tree_map,
 )
-from ._validation import TORCH_INT_MAX, Integers
+from ._validation import TORCH_INT_MAX, Integers, Reals
 
 #: The dtypes of fitted models and of their outputs.
 _FLOAT_DTYPES = [np.float64, np.float32]
@@ -426,20 +424,20 @@ class SparseAutoencoderTransformer(
         "n_components": [Integers(1, TORCH_INT_MAX)],
         "activation": [StrOptions(set(SPARSIFIERS))],
         "k": [Integers(1)],
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "bandwidth": [Interval(Real, 0, None, closed="neither")],
+        "alpha": [Reals(0, None, closed="left")],
+        "bandwidth": [Reals(0, None, closed="neither")],
         "aux_k": [Integers(1), None],
-        "aux_coef": [Interval(Real, 0, None, closed="left")],
+        "aux_coef": [Reals(0, None, closed="left")],
         "dead_steps": [Integers(1, TORCH_INT_MAX)],
         "batch_size": [Integers(1)],
-        "learning_rate": [Interval(Real, 0, None, closed="neither"), None],
+        "learning_rate": [Reals(0, None, closed="neither"), None],
         "learning_rate_warmup_steps": [Integers(0)],
-        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
+        "max_grad_norm": [Reals(0, None, closed="neither"), None],
         "max_iter": [Integers(1)],
-        "tol": [Interval(Real, 0, None, closed="left")],
+        "tol": [Reals(0, None, closed="left")],
         "max_no_improvement": [Integers(1), None],
         "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "validation_fraction": [Reals(0, 1, closed="neither")],
         "normalize_input": [StrOptions({"none", "mean_norm"})],
         "shuffle": ["boolean"],
         "warm_start": ["boolean"],

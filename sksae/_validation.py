@@ -1,10 +1,11 @@
-"""Integer checks that refuse booleans.
+"""Number checks that refuse booleans.
 
-``True`` is an :class:`~numbers.Integral` to Python, and scikit-learn's ``Interval`` of
-integers accepts it, but a user who passes it as a count or a latent never means 1.
+``True`` is an :class:`~numbers.Integral` (and a :class:`~numbers.Real`) to Python, and
+scikit-learn's ``Interval`` accepts it, but a user who passes it as a count, a latent or
+a coefficient never means 1.
 """
 
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.utils._param_validation import Interval
@@ -44,3 +45,23 @@ class Integers(Interval):
 
     def is_satisfied_by(self, val):
         return is_int(val) and super().is_satisfied_by(val)
+
+
+class Reals(Interval):
+    """The real numbers between ``left`` and ``right`` (``None``: unbounded), as a
+    parameter constraint; ``closed`` as in scikit-learn's ``Interval``.
+
+    Examples
+    --------
+    >>> from sksae._validation import Reals
+    >>> Reals(0, None, closed="left").is_satisfied_by(0.5), Reals(0, 1).is_satisfied_by(True)
+    (True, False)
+    >>> str(Reals(0, None, closed="neither"))
+    'a float in the range (0, inf)'
+    """
+
+    def __init__(self, left, right, *, closed="both"):
+        super().__init__(Real, left, right, closed=closed)
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)

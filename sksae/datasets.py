@@ -2,13 +2,12 @@
 token activations of a transformer language model."""
 
 import os
-from numbers import Real
 
 import numpy as np
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils._param_validation import validate_params
 
-from ._validation import Integers
+from ._validation import Integers, Reals
 
 __all__ = ["make_sparse_superposition", "token_activations"]
 
@@ -18,8 +17,8 @@ __all__ = ["make_sparse_superposition", "token_activations"]
         "n_samples": [Integers(1)],
         "n_features": [Integers(1)],
         "n_sources": [Integers(1)],
-        "n_active": [Interval(Real, 0, None, closed="neither")],
-        "noise": [Interval(Real, 0, None, closed="left")],
+        "n_active": [Reals(0, None, closed="neither")],
+        "noise": [Reals(0, None, closed="left")],
         "random_state": ["random_state"],
         "return_sources": ["boolean"],
     },

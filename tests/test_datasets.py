@@ -38,6 +38,10 @@ def test_invalid_arguments():
         make_sparse_superposition(0)
     with pytest.raises(ValueError, match=r"'n_samples' parameter .* must be an int .* Got True"):
         make_sparse_superposition(True)
+    with pytest.raises(ValueError, match=r"'n_active' parameter .* must be a float .* Got True"):
+        make_sparse_superposition(10, 4, 8, n_active=True)
+    with pytest.raises(ValueError, match=r"'noise' parameter .* must be a float .* Got True"):
+        make_sparse_superposition(10, 4, 8, noise=True)
 
 
 @pytest.fixture(scope="module")

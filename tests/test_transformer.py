@@ -1353,6 +1353,8 @@ def test_k_above_n_components_keeps_every_latent_with_a_warning(activation):
         (dict(dead_steps=2**63, aux_coef=1.0), r"'dead_steps' .* \[1, 9223372036854775807\]"),
         (dict(n_components=2**63), r"'n_components' .* \[1, 9223372036854775807\]"),
         (dict(alpha=-1.0), "'alpha' parameter"),
+        (dict(alpha=True), "'alpha' parameter .* must be a float .* Got True"),
+        (dict(tol=np.False_), "'tol' parameter .* must be a float .* Got np.False_"),
         (dict(activation="sigmoid"), "'activation' parameter"),
         (dict(device="gpu-please"), "is not a torch device"),
         (dict(device="mps"), "not supported"),
