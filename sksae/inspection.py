@@ -392,7 +392,9 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
         Indices of the latents to show, one grid row each.
     image_shape : tuple of (int, int) or (int, int, int)
         Height and width of one image, and its channels (1, 3 for RGB, 4 for RGBA) if
-        it has several; their product is ``n_features``.
+        it has several; their product is ``n_features``. Each image is drawn in its
+        own range of values: a colour one is scaled onto [0, 1] by its smallest and
+        largest values.
     n : int, default=8
         Number of rows of ``X`` per latent (at most ``n_samples``).
     fig : matplotlib.figure.Figure or None, default=None
@@ -438,11 +440,21 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     for grid_row, feature in zip(axes, features, strict=True):
         images = as_dense(X[sample_indices[feature]])
         for ax, image, activation in zip(grid_row, images, activations[feature], strict=True):
-            ax.imshow(image.reshape(image_shape), cmap="gray")
+            ax.imshow(_in_its_own_range(image.reshape(image_shape)), cmap="gray")
             ax.set_title(f"{activation:.3g}", fontsize="small")
             _hide_ticks(ax)
         grid_row[0].set_ylabel(f"latent {feature}")
     return fig
+
+
+def _in_its_own_range(image):
+    """A colour image scaled from its smallest to its largest value onto [0, 1], as
+    ``imshow`` scales a grayscale one: it clips colour values to [0, 1], and showed
+    pixels from 0 to 255, or standardised ones, white or black."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return image
+    low, high = image.min(), image.max()
+    return (image - low) / (high - low if high > low else 1.0)
 
 
 def _validate(model, X):
@@ -474,7 +486,8 @@ def _check_n(n):
 def _check_image_shape(image_shape, n_features, channels=False):
     """``channels``: ``(height, width, channels)`` is allowed too, with the 1, 3 (RGB) or
     4 (RGBA) channels ``imshow`` draws."""
-    shapes = "(height, width)" + (" or (height, width, 1, 3 or 4)" if channels else "")
+    shapes = "(height, width)" + (" or (height, width, channels)" if channels else "")
+    channel_counts = " (1, 3 or 4 channels)" if channels else ""
     if not (
         isinstance(image_shape, tuple | list)
         and (len(image_shape) == 2 or (channels and len(image_shape) == 3))
@@ -482,7 +495,8 @@ def _check_image_shape(image_shape, n_features, channels=False):
         and (len(image_shape) == 2 or image_shape[2] in (1, 3, 4))
     ):
         raise ValueError(
-            f"image_shape must be a {shapes} tuple of positive integers, got {image_shape!r}."
+            f"image_shape must be a {shapes} tuple of positive integers{channel_counts}, "
+            f"got {image_shape!r}."
         )
     if int(np.prod(image_shape)) != n_features:
         raise ValueError(

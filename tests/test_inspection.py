@@ -245,7 +245,8 @@ def test_clear_errors(model, data, hand_model):
         with pytest.raises(ValueError, match=r"image_shape must be a \(height, width\) tuple"):
             plot_dictionary(model, image_shape)
     for image_shape in [16, (16,), (2, 4, 2), (1, 2, 2, 4)]:
-        with pytest.raises(ValueError, match=r"must be a \(height, width\) or \(height, w"):
+        message = r"\(height, width\) or \(height, width, channels\) .* \(1, 3 or 4 channels\)"
+        with pytest.raises(ValueError, match=message):
             plot_top_activations(model, X, [0], image_shape)
     with pytest.raises(ValueError, match="feature=64"):
         plot_top_activations(model, X, [0, 64], (4, 4))
@@ -332,9 +333,16 @@ def test_plot_top_activations(model, data, pyplot):
     np.testing.assert_array_equal(second_row[0].images[0].get_array(), X[rows[0]].reshape(4, 4))
     assert n_images(plot_top_activations(model, X[:3], [1], (4, 4), n=8)) == 3
     # Images with channels: RGBA, and a single one.
-    colour = np.clip(X, 0, 1)
     for image_shape in [(2, 2, 4), (4, 4, 1)]:
-        assert n_images(plot_top_activations(model, colour, [1], image_shape, n=2)) == 2
+        assert n_images(plot_top_activations(model, X, [1], image_shape, n=2)) == 2
+    # Colour values from 0 to 255: imshow clipped them to [0, 1], a white image.
+    pixels = 255 * (X - X.min()) / np.ptp(X)
+    rows, _ = top_activating(model, pixels, 1, n=1)
+    image = pixels[rows[0]]
+    fig = plot_top_activations(model, pixels, [1], (2, 2, 4), n=1)
+    drawn = fig.axes[0].images[0].get_array()
+    expected = (image - image.min()) / np.ptp(image)
+    np.testing.assert_allclose(drawn, expected.reshape(2, 2, 4))
 
 
 @pytest.mark.parametrize("baseline", [False, True])
