@@ -317,17 +317,20 @@ def test_batchtopk_selects_the_batch_top_from_row_candidates_or_all_values():
     negative[0, :5] = 1.0  # fewer positive values than the batch keeps
     # One sparsifier sees the batches in turn: each but the first first tries a bound
     # from the previous batch's cutoff, which the shifted batches defeat (too few values
-    # above it) or loosen (most values above it).
-    sparsifier = BatchTopK(k=2)
+    # above it) or loosen (most values above it). A fresh one, without a previous cutoff,
+    # selects from each row's candidates, and then from all the values at or above the
+    # smallest of their top: the concentrated batch's top is not among the candidates.
+    shared = BatchTopK(k=2)
     batches = [spread, spread.flip(0), concentrated, negative, spread / 2, spread * 4]
     for pre in batches:
         pre = pre.detach().requires_grad_(True)
-        code = sparsifier(pre.clone()).values  # written over its input: not a leaf
         expected = _batch_top_reference(pre, k=2)
-        torch.testing.assert_close(code, expected, rtol=0, atol=0)
-        (grad,) = torch.autograd.grad(code.square().sum(), pre)
         (expected_grad,) = torch.autograd.grad(expected.square().sum(), pre)
-        torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
+        for sparsifier in [shared, BatchTopK(k=2)]:
+            code = sparsifier(pre.clone()).values  # written over its input: not a leaf
+            torch.testing.assert_close(code, expected, rtol=0, atol=0)
+            (grad,) = torch.autograd.grad(code.square().sum(), pre)
+            torch.testing.assert_close(grad, expected_grad, rtol=0, atol=0)
 
 
 def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():
@@ -350,15 +353,27 @@ def test_unit_norm_step_keeps_rows_on_the_sphere_and_projects_the_gradient():
     [TopK(k=2), BatchTopK(k=2), JumpReLU(40, 0.1)],
     ids=["topk", "batchtopk", "jumprelu"],
 )
-def test_the_encoder_scale_best_reconstructs_the_sample(sparsifier):
+def test_the_encoder_scale_best_reconstructs_the_sample(sparsifier, monkeypatch):
     model = SparseAutoencoder(6, 40, sparsifier, dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(300, 6, generator=generator, dtype=torch.float64) + 1.0
     model.reset_parameters(generator, b_dec=sample.mean(dim=0))
     tied = copy.deepcopy(model)
+    monkeypatch.setattr(module, "rows_per_chunk", lambda n_features: 70)  # sums over 5 chunks
     model.scale_encoder_(sample)
     factor = (model.W_enc / tied.W_enc).detach()
     torch.testing.assert_close(factor, torch.full_like(factor, factor[0, 0]))  # one factor
+    # The least-squares factor of the tied codes' directions onto the centred sample
+    # (BatchTopK's codes are the top of each chunk).
+    probe = copy.deepcopy(tied)
+    directions = torch.cat(
+        [
+            probe.decode_directions(probe.training_code(x, probe.pre_activation(x)))
+            for x in sample.split(70)
+        ]
+    )
+    least_squares = (directions * (sample - tied.b_dec)).sum() / directions.square().sum()
+    torch.testing.assert_close(factor[0, 0], least_squares.detach(), rtol=1e-12, atol=0)
     assert factor[0, 0] < 0.9  # 40 latents over 6 features overshoot
     if isinstance(sparsifier, BatchTopK):
         assert sparsifier.threshold.isnan()  # still to be learned, not set by the probe
