@@ -31,6 +31,7 @@ last completed epoch and exits with status 130.
 import argparse
 import json
 import math
+import os
 import sys
 import warnings
 import zipfile
@@ -64,6 +65,8 @@ __all__ = ["main"]
 #: Exit status of an error (argparse's convention) and of Ctrl-C (128 + SIGINT).
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: As a shell reports a process that SIGPIPE ended (``yes | head``).
+EXIT_BROKEN_PIPE = 128 + 13
 
 #: Values (rows x features) of data that ``evaluate`` encodes at a time. The codes come
 #: back sparse, so the memory a chunk takes is about that of its rows.
@@ -128,7 +131,7 @@ def main(argv=None):
     -------
     status : int
         0 on success, 2 on an error (reported in one line on stderr), 130 when Ctrl-C
-        interrupted ``fit``.
+        interrupted ``fit``, 141 when the reader of the output went away (``| head``).
 
     Examples
     --------
@@ -142,7 +145,14 @@ def main(argv=None):
     except SystemExit as exc:  # --help, or an error _Parser.error has reported
         return exc.code
     try:
-        return args.command(args)
+        status = args.command(args)
+        sys.stdout.flush()  # here, where a reader gone away is caught
+        return status
+    except BrokenPipeError:
+        # The reader of stdout (head, a pager) has gone: no one to tell. Its writes go to
+        # devnull, where Python's own flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     # ImportError: --progress without rich. MemoryError and RuntimeError: a model too
     # large for memory, which torch reports as a RuntimeError (an OutOfMemoryError on GPUs).
     except (ValueError, TypeError, OSError, ImportError, MemoryError, RuntimeError) as exc:

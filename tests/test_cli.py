@@ -505,3 +505,19 @@ def test_python_m_sksae(data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Saved the model" in result.stdout
     assert sksae.load(out).n_iter_ == 2
+
+
+def test_a_reader_gone_away_ends_the_command_quietly(data, model_dir):
+    # `sksae evaluate ... | head -0`: the pipe closes before anything is written, which
+    # was reported as the error "[Errno 32] Broken pipe", with status 2.
+    command = [sys.executable, "-m", "sksae", "evaluate", str(model_dir), str(data["npy"])]
+    process = subprocess.Popen(
+        command,
+        cwd=Path(sksae.__file__).parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # long before the child has loaded torch and the model
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == _cli.EXIT_BROKEN_PIPE == 141
+    assert stderr == b""
