@@ -103,7 +103,7 @@ plt.show()
 # value and a one-byte index into 256 atoms), PCA 2 bytes per coefficient. At every
 # budget up to 32 bytes per image the sparse codes reconstruct better than PCA
 # truncation (at 8 bytes, FVU 0.24 with pursuit against 0.53), and pursuit lowers the
-# error of every code size at no cost in bytes (0.109 to 0.042 at k=16). These images,
+# error of every code size at no cost in bytes (0.097 to 0.037 at k=16). These images,
 # though, have only 17 grey levels: quantising the pixels to 2 or 3 bits (16 or 24
 # bytes) is nearly lossless and beats both transforms above about 10 bytes. Sparse codes
 # earn their keep on data without such structure, where a few atoms of a learned

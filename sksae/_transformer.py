@@ -160,7 +160,8 @@ class SparseAutoencoderTransformer(
 
     bandwidth : float, default=0.001
         Width of the rectangle kernel of ``"jumprelu"``'s straight-through estimators,
-        and the initial value of its thresholds; the paper's 0.001 assumes inputs with
+        and the initial value of its thresholds before the initial encoder's scale
+        (see the user guide) multiplies them; the paper's 0.001 assumes inputs with
         ``E||x|| = sqrt(n_features)``. Ignored by the other activations.
 
     aux_k : int or None, default=None
