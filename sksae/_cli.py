@@ -553,6 +553,13 @@ def _fit_command(args):
         # this run: the model is saved with the value it was loaded with.
         warm_start = model.warm_start
         model.set_params(**params, warm_start=True)
+        shape_changes = model._model_shape_changes()
+        if shape_changes:
+            raise ValueError(
+                f"--resume trains the model in {model_dir} further, whose n_components, "
+                f"activation, k and bandwidth cannot change; got {', '.join(shape_changes)}. "
+                "Drop those options, or train a new model in another MODEL_DIR."
+            )
         if model.early_stopping:
             _report(
                 "a fit with early stopping keeps no progress: --resume trains "
@@ -579,12 +586,15 @@ def _fit_command(args):
     try:
         if len(shards) == 1:
             loss = _fit_array(model, shards, args, save_model)
+            trained = f"n_iter_={model.n_iter_}"
         else:
             loss = _fit_shards(model, shards, args, changed, save_model)
+            # Not n_iter_, which counts partial_fit calls: one per shard.
+            trained = f"{model.max_iter} passes over {len(shards)} shards"
         save_model(model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
-    print(f"Saved the model to {model_dir} (n_iter_={model.n_iter_}, loss {loss:.5g}).")
+    print(f"Saved the model to {model_dir} ({trained}, loss {loss:.5g}).")
     return 0
 
 

@@ -1195,9 +1195,9 @@ class SparseAutoencoderTransformer(
                 f"k={k}: pursuit picks k atoms among the candidates."
             )
 
-    def _check_same_model_shape(self):
-        """Refuse to continue the fitted model after a change of a parameter that fixes
-        its shape or its encoder, naming the parameters changed."""
+    def _model_shape_changes(self):
+        """``"name=value (fitted: old value)"`` for each parameter that fixes the fitted
+        model's shape or its encoder and has changed since: none may, for it to continue."""
         fitted = {"n_components": self.components_.shape[0], **self._fitted_sparsifier_params}
         current = {"n_components": self.n_components, **self._sparsifier_params()}
         names = [name for name in {**fitted, **current} if name != "n_latents"]
@@ -1205,7 +1205,12 @@ class SparseAutoencoderTransformer(
             # The other sparsifier parameters are each activation's own: that one has a
             # k and the other none is no change of the user's.
             names = ["n_components", "activation"]
-        changed = _changes(current, fitted, names, "fitted:")
+        return _changes(current, fitted, names, "fitted:")
+
+    def _check_same_model_shape(self):
+        """Refuse to continue the fitted model after a change of a parameter that fixes
+        its shape or its encoder, naming the parameters changed."""
+        changed = self._model_shape_changes()
         if changed:
             raise ValueError(
                 "n_components, activation, k and bandwidth cannot change between "

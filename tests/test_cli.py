@@ -146,6 +146,19 @@ def test_resume_continues_the_saved_model(model_dir, data, tmp_path):
     assert after.warm_start is False
 
 
+def test_resume_refuses_a_new_model_shape_in_command_line_terms(model_dir, tmp_path, capsys):
+    # Before any data is read (there is none): the estimator's own check came after, and
+    # advised a call of fit (warm_start=False), which the command line has no way to make.
+    missing = str(tmp_path / "missing.npy")
+    argv = ["fit", missing, "-o", str(model_dir), "--resume", "--n-components", "32"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"sksae: error: --resume trains the model in {model_dir} further, whose "
+        "n_components, activation, k and bandwidth cannot change; got n_components=32 "
+        "(fitted: 64). Drop those options, or train a new model in another MODEL_DIR.\n"
+    )
+
+
 @pytest.mark.parametrize(
     "source, max_iter, options, saved",
     [
@@ -192,7 +205,7 @@ def test_fit_on_shards_prints_the_loss_of_each_pass(data, tmp_path, capsys):
     passes = [np.average(model.loss_curve_[i : i + 3], weights=rows) for i in (0, 3)]
     assert out.startswith(f"pass 1: loss {passes[0]:.5g}\npass 2: loss {passes[1]:.5g}\n")
     # The last pass's at the end, as fit's last epoch's on one array; not its last shard's.
-    assert out.endswith(f"(n_iter_=6, loss {passes[1]:.5g}).\n")
+    assert out.endswith(f"(2 passes over 3 shards, loss {passes[1]:.5g}).\n")
 
 
 @pytest.mark.parametrize("source", ["npy", "directory"])
