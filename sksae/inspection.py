@@ -12,6 +12,7 @@ code matrix, so they run on data whose codes would not fit in memory.
 import warnings
 
 import numpy as np
+from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._nn.batches import as_dense, rows_per_chunk
@@ -354,7 +355,7 @@ def plot_dictionary(model, image_shape, n_atoms=64, fig=None):
     10
     """
     plt = _pyplot("plot_dictionary")
-    check_is_fitted(model)
+    _check_model(model)
     _check_image_shape(image_shape, model.components_.shape[1])
     if not is_int(n_atoms) or n_atoms < 1:
         raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}.")
@@ -457,11 +458,26 @@ def _in_its_own_range(image):
     return (image - low) / (high - low if high > low else 1.0)
 
 
+def _check_model(model):
+    """A fitted model with a dictionary (``components_``) to read."""
+    check_is_fitted(model)
+    if not hasattr(model, "components_"):
+        advice = (
+            ": pass its last step, pipeline[-1], and X transformed by pipeline[:-1]"
+            if isinstance(model, Pipeline)
+            else ""
+        )
+        raise TypeError(
+            "model must be a fitted SparseAutoencoderTransformer, or a transformer with "
+            f"components_ as a baseline; got a {type(model).__name__}{advice}."
+        )
+
+
 def _validate(model, X):
     # As transform validates: the feature names and the number of features of X must be
     # those the model was fitted on, and for sksae's models its values within what they
     # can square (larger ones would top the rankings as inf or NaN codes).
-    check_is_fitted(model)
+    _check_model(model)
     if hasattr(model, "_validate_input"):
         return model._validate_input(X)
     return validate_data(

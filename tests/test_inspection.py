@@ -8,6 +8,8 @@ import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sksae import SparseAutoencoderTransformer, inspection
 from sksae.datasets import make_sparse_superposition
@@ -259,6 +261,12 @@ def test_clear_errors(model, data, hand_model):
         feature_density(model, X[:, :3])
     with pytest.raises(NotFittedError):
         feature_density(SparseAutoencoderTransformer(), X)
+    # A pipeline ending in the model has no components_: an AttributeError from within.
+    scaler = StandardScaler().fit(X)
+    with pytest.raises(TypeError, match=r"got a Pipeline: pass its last step, pipeline\[-1\]"):
+        top_activating(make_pipeline(scaler, model), X, 0)
+    with pytest.raises(TypeError, match=r"with components_ as a baseline; got a StandardScaler\.$"):
+        plot_dictionary(scaler, (4, 4))
 
 
 def test_plots_need_matplotlib(model, data, monkeypatch):
