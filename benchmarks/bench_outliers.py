@@ -15,7 +15,7 @@ every method:
 * ``MiniBatchDictionaryLearning(100, alpha=1, random_state=0)`` reconstruction error (its
   default OMP transform).
 
-Run from the repository root (about 1.5 minutes on 2 cores)::
+Run from the repository root (about 2 minutes on 2 quiet cores)::
 
     python benchmarks/bench_outliers.py
 """
