@@ -57,7 +57,7 @@ class Reals(Interval):
     >>> Reals(0, None, closed="left").is_satisfied_by(0.5), Reals(0, 1).is_satisfied_by(True)
     (True, False)
     >>> str(Reals(0, None, closed="neither"))
-    'a float in the range (0, inf)'
+    'a float in the range (0.0, inf)'
     """
 
     def __init__(self, left, right, *, closed="both"):
