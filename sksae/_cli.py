@@ -146,12 +146,17 @@ def main(argv=None):
         return exc.code
     try:
         status = args.command(args)
-        sys.stdout.flush()  # here, where a reader gone away is caught
+        if sys.stdout is not None:  # None when the process started with stdout closed
+            sys.stdout.flush()  # here, where a reader gone away is caught
         return status
     except BrokenPipeError:
-        # The reader of stdout (head, a pager) has gone: no one to tell. Its writes go to
-        # devnull, where Python's own flush at exit cannot fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # The reader of stdout (head, a pager) has gone: no one to tell. The process's
+        # own stdout then writes to devnull, where Python's flush at exit cannot fail
+        # again; a stdout that a caller of main put in its place is the caller's.
+        if sys.stdout is sys.__stdout__ is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
         return EXIT_BROKEN_PIPE
     # ImportError: --progress without rich. MemoryError and RuntimeError: a model too
     # large for memory, which torch reports as a RuntimeError (an OutOfMemoryError on GPUs).
@@ -553,13 +558,6 @@ def _fit_command(args):
         # this run: the model is saved with the value it was loaded with.
         warm_start = model.warm_start
         model.set_params(**params, warm_start=True)
-        shape_changes = model._model_shape_changes()
-        if shape_changes:
-            raise ValueError(
-                f"--resume trains the model in {model_dir} further, whose n_components, "
-                f"activation, k and bandwidth cannot change; got {', '.join(shape_changes)}. "
-                "Drop those options, or train a new model in another MODEL_DIR."
-            )
         if model.early_stopping:
             _report(
                 "a fit with early stopping keeps no progress: --resume trains "
@@ -578,6 +576,12 @@ def _fit_command(args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model._check_sparsifier_params()
+    if args.resume and (shape_changes := model._model_shape_changes()):
+        raise ValueError(
+            f"--resume trains the model in {model_dir} further, whose n_components, "
+            f"activation, k and bandwidth cannot change; got {', '.join(shape_changes)}. "
+            "Drop those options, or train a new model in another MODEL_DIR."
+        )
     shards = _shards(args.data)
     # Before any training: a MODEL_DIR that saving would fail to write must not cost
     # the training first.
@@ -588,9 +592,9 @@ def _fit_command(args):
             loss = _fit_array(model, shards, args, save_model)
             trained = f"n_iter_={model.n_iter_}"
         else:
-            loss = _fit_shards(model, shards, args, changed, save_model)
+            loss, passes = _fit_shards(model, shards, args, changed, save_model)
             # Not n_iter_, which counts partial_fit calls: one per shard.
-            trained = f"{model.max_iter} passes over {len(shards)} shards"
+            trained = f"{passes} pass{'es' * (passes != 1)} over {len(shards)} shards"
         save_model(model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
@@ -627,7 +631,7 @@ def _fit_shards(model, shards, args, changed, save_model):
     ``save_model``) every ``--checkpoint-every`` passes (by default every pass); or, for
     a run ``--resume`` finds interrupted, the rest of its passes. ``changed``: the
     training parameters that the command's options change in the resumed model. Return
-    the loss of the last pass."""
+    the loss of the last pass, and the number of passes run (or finished)."""
     if model.early_stopping:
         raise ValueError(
             "--early-stopping needs DATA to be one array: shards train with partial_fit, "
@@ -678,7 +682,7 @@ def _fit_shards(model, shards, args, changed, save_model):
             print(f"pass {number + 1}: loss {loss:.5g}")
         if (number + 1) % every == 0:
             save_model(model)
-    return loss
+    return loss, model.max_iter - first_pass
 
 
 def _resume_point(model, n_shard_rows, changed):

@@ -15,7 +15,6 @@ import math
 import os
 import reprlib
 from collections.abc import Callable
-from numbers import Real
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +27,7 @@ from ._transformer import (
     _interrupts_held,
     _make_sparsifier,
 )
-from ._validation import is_int
+from ._validation import is_int, is_real
 
 __all__ = ["load", "save"]
 
@@ -356,16 +355,12 @@ class _Entry(NamedTuple):
     optional: bool = False
 
 
-def _is_number(value):
-    return isinstance(value, Real) and not isinstance(value, bool | np.bool_)
-
-
 def _is_count(value):
     return is_int(value) and value >= 0
 
 
 def _are_numbers(values):
-    return isinstance(values, list) and all(map(_is_number, values))
+    return isinstance(values, list) and all(map(is_real, values))
 
 
 def _is_float_array(value, shape):
@@ -461,14 +456,14 @@ _STATE = {
         optional=True,  # required where the activation has one: see _check_fitted_state
     ),
     "input_scale_": _Entry(
-        "a positive finite number", lambda value, _: _is_number(value) and 0 < value < math.inf
+        "a positive finite number", lambda value, _: is_real(value) and 0 < value < math.inf
     ),
     "feature_density_": _Entry(
         "an array of a fraction (or NaN) per latent",
         _are_densities,
     ),
     "dead_fraction_": _Entry(
-        "a fraction or NaN", lambda value, _: _is_number(value) and not (value < 0 or value > 1)
+        "a fraction or NaN", lambda value, _: is_real(value) and not (value < 0 or value > 1)
     ),
     "loss_curve_": _Entry("a list of numbers", lambda value, _: _are_numbers(value)),
     "n_iter_": _Entry("a non-negative int", lambda value, _: _is_count(value)),
@@ -477,7 +472,7 @@ _STATE = {
         "None or a list of numbers", lambda value, _: value is None or _are_numbers(value)
     ),
     "best_validation_score_": _Entry(
-        "None or a number", lambda value, _: value is None or _is_number(value)
+        "None or a number", lambda value, _: value is None or is_real(value)
     ),
     # partial_fit and a warm fit read the training state and the progress of an
     # interrupted fit, and refuse what does not match the model.
@@ -514,7 +509,7 @@ _STATE_OF = {
     SparseAutoencoderOutlierDetector: {
         **_STATE,
         "offset_": _Entry(
-            "a number, not NaN", lambda value, _: _is_number(value) and not math.isnan(value)
+            "a number, not NaN", lambda value, _: is_real(value) and not math.isnan(value)
         ),
         "_offset_coder": _Entry(
             "None or a dict of what shaped the scores (transform_algorithm, n_candidates)",

@@ -23,6 +23,20 @@ def is_int(value):
     return isinstance(value, Integral) and not isinstance(value, bool | np.bool_)
 
 
+def is_real(value):
+    """Whether ``value`` is a real number and not a boolean (numpy's are not
+    :class:`~numbers.Real`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sksae._validation import is_real
+    >>> is_real(0.5), is_real(np.float32(2)), is_real(3), is_real(True)
+    (True, True, True, False)
+    """
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
 #: The largest int a torch tensor holds (int64): sizes and step counts beyond it
 #: overflow inside torch.
 TORCH_INT_MAX = 2**63 - 1
@@ -64,4 +78,4 @@ class Reals(Interval):
         super().__init__(Real, left, right, closed=closed)
 
     def is_satisfied_by(self, val):
-        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
+        return is_real(val) and super().is_satisfied_by(val)

@@ -464,7 +464,7 @@ def _check_model(model):
     if not hasattr(model, "components_"):
         advice = (
             ": pass its last step, pipeline[-1], and X transformed by pipeline[:-1]"
-            if isinstance(model, Pipeline)
+            if isinstance(model, Pipeline) and hasattr(model[-1], "components_")
             else ""
         )
         raise TypeError(

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -150,13 +151,16 @@ def test_resume_refuses_a_new_model_shape_in_command_line_terms(model_dir, tmp_p
     # Before any data is read (there is none): the estimator's own check came after, and
     # advised a call of fit (warm_start=False), which the command line has no way to make.
     missing = str(tmp_path / "missing.npy")
-    argv = ["fit", missing, "-o", str(model_dir), "--resume", "--n-components", "32"]
-    assert main(argv) == 2
+    argv = ["fit", missing, "-o", str(model_dir), "--resume"]
+    assert main([*argv, "--n-components", "32"]) == 2
     assert capsys.readouterr().err == (
         f"sksae: error: --resume trains the model in {model_dir} further, whose "
         "n_components, activation, k and bandwidth cannot change; got n_components=32 "
         "(fitted: 64). Drop those options, or train a new model in another MODEL_DIR.\n"
     )
+    # A value no model may have is that error, not a change of shape.
+    assert main([*argv, "--k", "0"]) == 2
+    assert "'k' parameter of SparseAutoencoderTransformer must be" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -271,6 +275,9 @@ def test_an_interrupted_fit_resumed_by_the_command_line_ends_as_an_uninterrupted
     assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume", "--max-iter", "7"]) == 2
     assert re.search(refusal, capsys.readouterr().err)
     assert main([*argv, "-o", str(tmp_path / "resumed"), "--resume"]) == 0
+    # The shard run resumes in its second pass: this run made two of the three.
+    resumed_run = "2 passes over 3 shards" if source == "directory" else "n_iter_=6"
+    assert f"({resumed_run}, loss" in capsys.readouterr().out
     whole, resumed = sksae.load(tmp_path / "whole"), sksae.load(tmp_path / "resumed")
     names = ["components_", "encoder_weights_", "loss_curve_", "n_iter_", "n_samples_seen_"]
     for name in [*names, "_trainer_state"]:
@@ -534,3 +541,13 @@ def test_a_reader_gone_away_ends_the_command_quietly(data, model_dir):
     stderr = process.communicate(timeout=300)[1]
     assert process.returncode == _cli.EXIT_BROKEN_PIPE == 141
     assert stderr == b""
+    # Started with stdout closed (sys.stdout is None), it prints nothing, as print does.
+    closed = subprocess.run(
+        command,
+        cwd=Path(sksae.__file__).parents[1],
+        stdout=None,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+        timeout=300,
+    )
+    assert (closed.returncode, closed.stderr) == (0, b"")

@@ -267,6 +267,8 @@ def test_clear_errors(model, data, hand_model):
         top_activating(make_pipeline(scaler, model), X, 0)
     with pytest.raises(TypeError, match=r"with components_ as a baseline; got a StandardScaler\.$"):
         plot_dictionary(scaler, (4, 4))
+    with pytest.raises(TypeError, match=r"got a Pipeline\.$"):  # its last step has none either
+        feature_density(make_pipeline(scaler, StandardScaler().fit(X)), X)
 
 
 def test_plots_need_matplotlib(model, data, monkeypatch):

@@ -1360,7 +1360,7 @@ def test_k_above_n_components_keeps_every_latent_with_a_warning(activation):
         (dict(n_components=2**63), r"'n_components' .* \[1, 9223372036854775807\]"),
         (dict(alpha=-1.0), "'alpha' parameter"),
         (dict(alpha=True), "'alpha' parameter .* must be a float .* Got True"),
-        (dict(tol=np.False_), "'tol' parameter .* must be a float .* Got np.False_"),
+        (dict(learning_rate=True), "'learning_rate' parameter .* must be a float .* Got True"),
         (dict(activation="sigmoid"), "'activation' parameter"),
         (dict(device="gpu-please"), "is not a torch device"),
         (dict(device="mps"), "not supported"),
