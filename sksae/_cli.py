@@ -47,7 +47,7 @@ from sklearn.callback import ProgressBar
 from sklearn.utils._param_validation import StrOptions
 
 from ._external import export
-from ._nn.batches import largest_magnitude, rows_per_chunk
+from ._nn.batches import rows_per_chunk
 from ._persistence import (
     CONFIG_FILE,
     JSON_ERRORS,
@@ -804,7 +804,9 @@ def _evaluate(model, shards):
             with warnings.catch_warnings():
                 # Shards are arrays: a model fitted on a DataFrame has no names to match.
                 warnings.filterwarnings("ignore", "X does not have valid feature names")
-                chunk = model._validate_input(np.asarray(X[start : start + chunk_rows]))
+                chunk, largest = model._validate_input_and_largest(
+                    np.asarray(X[start : start + chunk_rows])
+                )
             # Not transform, whose output set_output may have set to pandas.
             codes = model._transform_validated(chunk)
             fired += np.bincount(codes.indices[codes.data != 0], minlength=n_latents)
@@ -814,7 +816,7 @@ def _evaluate(model, shards):
                 # The sums in units of the first chunk's largest value, whose ratio is
                 # the same: as in metrics.fvu, squares beyond 1e154 overflow, and below
                 # 1e-154 underflow.
-                unit = largest_magnitude(chunk) or 1.0
+                unit = largest or 1.0
             residual += np.square((chunk - model.inverse_transform(codes)) / unit).sum()
             chunk -= reference
             chunk /= unit

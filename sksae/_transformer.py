@@ -1332,9 +1332,14 @@ class SparseAutoencoderTransformer(
             return map_rows(lambda chunk: fn(model, chunk), X, device=device)
 
     def _validate_input(self, X):
+        return self._validate_input_and_largest(X)[0]
+
+    def _validate_input_and_largest(self, X):
+        """``X`` validated as :meth:`transform` takes it, and its largest magnitude, which
+        the validation reads anyway: for a scale, without a second pass over ``X``."""
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=_SPARSE_FORMATS, dtype=_INPUT_DTYPES, reset=False)
-        return _check_magnitude(X, "X")[0]
+        return _check_magnitude(X, "X")
 
     def transform(self, X):
         """Encode ``X`` as sparse codes.
@@ -1442,10 +1447,10 @@ class SparseAutoencoderTransformer(
         -------
         score : float
         """
-        X = self._validate_input(X)
+        X, largest = self._validate_input_and_largest(X)
         # Both sums in units of the largest value of X, whose ratio is the same: the
         # squares of tiny values underflow (float32 values below about 1e-19).
-        scale = largest_magnitude(X) or 1.0
+        scale = largest or 1.0
         residual = self._squared_errors(X, scale).sum()
         total = squared_deviation_sum(X, scale=scale)
         return float(1.0 - residual / total) if total > 0 else float(residual == 0)
