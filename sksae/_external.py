@@ -66,6 +66,10 @@ _SAELENS_DTYPES = frozenset({"float32", "float64", "float16", "bfloat16"})
 #: safetensors dtype codes of half precision, and the torch dtype each names.
 _HALF_PRECISION = {"F16": "float16", "BF16": "bfloat16"}
 
+#: Elements of a block of latent rows that ``_estimator`` folds at a time in float64:
+#: 16 MB a matrix, whatever the checkpoint's size.
+_FOLD_BLOCK_ELEMENTS = 2**21
+
 
 def load_external(path, format):
     """Load a sparse autoencoder saved by sparsify, SAELens or dictionary_learning.
@@ -76,7 +80,8 @@ def load_external(path, format):
     ``[n_components, n_features]`` layout; an encoder that does not subtract ``b_dec``
     from its input gets ``W_enc b_dec`` added to its bias instead, which is the same map.
     The model has no training history: ``partial_fit`` trains it further with a fresh
-    optimiser.
+    optimiser. Loading holds about twice the weights' size in memory at its peak (the
+    file's bytes beside the arrays read from them, then those beside the estimator's).
 
     ============================  ============================  ===================
     Checkpoint                    Encoder                       ``activation``
@@ -340,7 +345,10 @@ def _from_saelens(directory):
             f"{sorted(_SAELENS_DTYPES)}."
         )
     dtype = np.float64 if dtype_name == "float64" else np.float32
-    tensors = {name: array.astype(dtype) for name, array in _read_weights(weights_file)[0].items()}
+    tensors = {
+        name: array.astype(dtype, copy=False)
+        for name, array in _read_weights(weights_file)[0].items()
+    }
     half_precision = dtype_name in _HALF_PRECISION.values()
     if half_precision:
         _warn_half_precision(weights_file, "SAELens", dtype_name)
@@ -355,28 +363,31 @@ def _from_saelens(directory):
     if architecture == "jumprelu":
         shapes["threshold"] = (d_sae,)
     weights = _checked(tensors, shapes, weights_file, f"d_in={d_in} and d_sae={d_sae}")
-    encoder_weights, encoder_bias, components = (
-        weights[name].astype(np.float64) for name in ("W_enc", "b_enc", "W_dec")
-    )
-    encoder_weights = encoder_weights.T
     if scale is not None:
         _check_shape("scaling_factor", scale, (d_sae,), weights_file)
     # v5's fine-tuning scale: SAELens drops one of ones, and refuses one the configuration
     # does not declare.
-    if scale is not None and not np.allclose(scale, 1):
-        if not cfg.get("finetuning_scaling_factor"):
-            raise ValueError(
-                f"{weights_file} holds a scaling factor, but {cfg_file} does not set "
-                "finetuning_scaling_factor."
-            )
-        # v5 decodes (h * scale) W_dec: the scale belongs to the decoder rows.
-        components = components * scale[:, None]
-    if architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm"):
-        # SAELens selects and returns pre * ||W_dec row|| and decodes h / ||W_dec row||:
-        # the norms fold into the encoder rows and out of the decoder rows.
-        norms = np.linalg.norm(components, axis=1)
-        encoder_weights, encoder_bias = encoder_weights * norms[:, None], encoder_bias * norms
-        components = components / norms[:, None]
+    if scale is not None and np.allclose(scale, 1):
+        scale = None
+    if scale is not None and not cfg.get("finetuning_scaling_factor"):
+        raise ValueError(
+            f"{weights_file} holds a scaling factor, but {cfg_file} does not set "
+            "finetuning_scaling_factor."
+        )
+    rescale = architecture == "topk" and cfg.get("rescale_acts_by_decoder_norm")
+
+    def fold(rows, encoder_weights, encoder_bias, components):
+        if scale is not None:
+            # v5 decodes (h * scale) W_dec: the scale belongs to the decoder rows.
+            components = components * scale[rows, None]
+        if rescale:
+            # SAELens selects and returns pre * ||W_dec row|| and decodes h / ||W_dec row||:
+            # the norms fold into the encoder rows and out of the decoder rows.
+            norms = np.linalg.norm(components, axis=1)
+            encoder_weights, encoder_bias = encoder_weights * norms[:, None], encoder_bias * norms
+            components = components / norms[:, None]
+        return encoder_weights, encoder_bias, components
+
     k = None
     if architecture == "topk":
         kwargs = cfg.get("activation_fn_kwargs") or {}
@@ -391,11 +402,12 @@ def _from_saelens(directory):
         activation={"standard": "relu"}.get(architecture, architecture),
         k=k,
         threshold=weights.get("threshold"),
-        encoder_weights=encoder_weights,
-        encoder_bias=encoder_bias,
-        components=components,
+        encoder_weights=weights["W_enc"].T,
+        encoder_bias=weights["b_enc"],
+        components=weights["W_dec"],
         decoder_bias=weights["b_dec"],
         subtracts_decoder_bias=cfg.get("apply_b_dec_to_input", True),
+        fold=fold,
     )
 
 
@@ -478,7 +490,7 @@ def _from_dictionary_learning(directory):
     if "group_sizes" in weights:
         _check_group_sizes(weights["group_sizes"], n_latents, weights_file)
     if dict_class == "AutoEncoder":
-        weights.update(_normalized_decoder(weights))
+        _normalize_decoder(weights)
     k = None
     if "k" in weights:
         # As from_pretrained: the configuration's k must be the one saved with the weights.
@@ -553,22 +565,20 @@ def _read_state_dict(file):
     }
 
 
-def _normalized_decoder(weights):
-    """``AutoEncoder.normalize_decoder``, which ``load_dictionary`` applies: unit-norm
-    decoder columns, their norms moved into the encoder rows and bias. The library's
-    torch operations in float32, so that the codes are the very ones it computes."""
+def _normalize_decoder(weights):
+    """``AutoEncoder.normalize_decoder``, which ``load_dictionary`` applies, in place:
+    unit-norm decoder columns, their norms moved into the encoder rows and bias. The
+    library's torch operations in float32, so that the codes are the very ones it
+    computes."""
     decoder, encoder, bias = (
         torch.from_numpy(weights[name])
         for name in ("decoder.weight", "encoder.weight", "encoder.bias")
     )
     norms = torch.norm(decoder, dim=0)
-    if torch.allclose(norms, torch.ones_like(norms)):
-        return {}
-    return {
-        "decoder.weight": (decoder / norms).numpy(),
-        "encoder.weight": (encoder * norms[:, None]).numpy(),
-        "encoder.bias": (bias * norms).numpy(),
-    }
+    if not torch.allclose(norms, torch.ones_like(norms)):
+        decoder /= norms
+        encoder *= norms[:, None]
+        bias *= norms
 
 
 _READERS = {
@@ -593,19 +603,38 @@ def _estimator(
     k=None,
     threshold=None,
     subtracts_decoder_bias=True,
+    fold=None,
 ):
     """The fitted estimator of the given weights, in sksae's layout, and in ``dtype``.
 
-    Folding and rescaling happen in float64 before the cast, so the weights are the
-    library's to the rounding of ``dtype``.
+    ``fold(rows, encoder_weights, encoder_bias, components)``, if given, returns a
+    library's own folding of the latents ``rows`` (a slice) into the weights it is given,
+    in float64. Folding happens in float64 before the cast, so the weights are the
+    library's to the rounding of ``dtype``, and a block of rows at a time, so that the
+    float64 copies stay small beside a checkpoint of gigabytes.
     """
-    encoder_weights, encoder_bias, components, decoder_bias = (
-        np.asarray(array, dtype=np.float64)
-        for array in (encoder_weights, encoder_bias, components, decoder_bias)
-    )
-    if not subtracts_decoder_bias:
-        # Their pre is W x + b; sksae's is W (x - b_dec) + b', the same for b' = b + W b_dec.
-        encoder_bias = encoder_bias + encoder_weights @ decoder_bias
+    n_latents, n_features = components.shape
+    decoder_bias = np.asarray(decoder_bias, dtype=np.float64)
+    folded = {
+        "encoder_weights": np.empty((n_latents, n_features), dtype),
+        "encoder_bias": np.empty(n_latents, dtype),
+        "components": np.empty((n_latents, n_features), dtype),
+    }
+    block = max(1, _FOLD_BLOCK_ELEMENTS // n_features)
+    for start in range(0, n_latents, block):
+        rows = slice(start, start + block)
+        block_weights = (
+            np.asarray(array[rows], dtype=np.float64)
+            for array in (encoder_weights, encoder_bias, components)
+        )
+        if fold is not None:
+            block_weights = fold(rows, *block_weights)
+        block_encoder, block_bias, block_components = block_weights
+        if not subtracts_decoder_bias:
+            # Their pre is W x + b; sksae's is W (x - b_dec) + b', the same for b' = b + W b_dec.
+            block_bias = block_bias + block_encoder @ decoder_bias
+        for name, values in zip(folded, (block_encoder, block_bias, block_components), strict=True):
+            folded[name][rows] = values
     if threshold is not None:
         threshold = np.asarray(threshold, dtype=np.float64)
         if not np.isfinite(threshold).all():
@@ -613,15 +642,13 @@ def _estimator(
         # The libraries pass the code through a ReLU: a threshold below 0 lets through
         # what one of 0 does, whereas sksae's pre * (pre > threshold) keeps the negatives.
         threshold = np.maximum(threshold, 0.0)
-    params = {"n_components": components.shape[0], "activation": activation}
+    params = {"n_components": n_latents, "activation": activation}
     if k is not None:
         params["k"] = k
     try:
         return _set_weights(
             SparseAutoencoderTransformer(**params),
-            encoder_weights=encoder_weights.astype(dtype),
-            encoder_bias=encoder_bias.astype(dtype),
-            components=components.astype(dtype),
+            **folded,
             decoder_bias=decoder_bias.astype(dtype),
             threshold=threshold,
         )

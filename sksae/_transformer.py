@@ -1511,7 +1511,9 @@ def _set_weights(
     For weights trained elsewhere (another library's checkpoint): the parameters that
     fix the encoder (``n_components``, ``activation``, ``k``, ``bandwidth``) must already
     be set. There is no training history: ``n_iter_`` is 0 and the firing statistics,
-    unknown, are NaN. ``partial_fit`` continues training with a fresh optimiser.
+    unknown, are NaN. ``partial_fit`` continues training with a fresh optimiser. Arrays
+    already in the weights' common floating dtype become the estimator's own, uncopied
+    (a large checkpoint's weights are not held twice).
     """
     estimator._validate_params()
     if estimator.activation in {"topk", "batchtopk"} and estimator.k > estimator.n_components:
@@ -1528,7 +1530,7 @@ def _set_weights(
     }
     dtype = np.result_type(*weights.values())
     dtype = dtype if dtype in _FLOAT_DTYPES else np.float64
-    weights = {name: np.array(value, dtype=dtype) for name, value in weights.items()}
+    weights = {name: np.asarray(value, dtype=dtype) for name, value in weights.items()}
     n_latents, n_features = weights["components_"].shape
     expected = {
         "components_": (n_latents, n_features),

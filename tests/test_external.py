@@ -15,7 +15,7 @@ import pytest
 import torch
 from sklearn.exceptions import NotFittedError
 
-from sksae import SparseAutoencoderTransformer
+from sksae import SparseAutoencoderTransformer, _external
 from sksae._external import export, load_external
 from sksae._persistence import _safetensors_bytes
 from sksae.datasets import make_sparse_superposition
@@ -156,6 +156,13 @@ def _assert_matches(model, X, encode, decode):
 
 
 # ---------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(autouse=True)
+def fold_in_blocks(monkeypatch):
+    """Fold 7 of the 40 latent rows at a time (the last block 5): every checkpoint here
+    goes through several blocks, as one of gigabytes does."""
+    monkeypatch.setattr(_external, "_FOLD_BLOCK_ELEMENTS", 7 * D_IN)
 
 
 @pytest.fixture
@@ -409,6 +416,46 @@ def test_dictionary_learning_matches_its_encoder_and_decoder(tmp_path, rng, X, c
     model = load_external(tmp_path, "dictionary_learning")
     assert model.components_.dtype == np.float32
     _assert_matches(model, X, *_dictionary_learning_reference(dict_class, state))
+
+
+@pytest.mark.parametrize(
+    "format, write",
+    [
+        # Each folds something into the weights: b_dec into b_enc, and the decoder norms.
+        (
+            "saelens",
+            lambda directory, rng: _saelens_checkpoint(
+                directory,
+                rng,
+                {
+                    **SAELENS_CASES["topk-rescaled"][0],
+                    "d_in": D_IN,
+                    "d_sae": N_LATENTS,
+                    "apply_b_dec_to_input": False,
+                },
+            ),
+        ),
+        ("sparsify", _sparsify_checkpoint),
+        (
+            "dictionary_learning",
+            lambda d, rng: _dictionary_learning_checkpoint(d, rng, "AutoEncoder"),
+        ),
+    ],
+)
+def test_a_large_checkpoint_loads_in_about_twice_its_size(
+    tmp_path, rng, monkeypatch, peak_memory, format, write
+):
+    # The file read beside its arrays, then the arrays beside the estimator's: folding
+    # in float64 a block of rows at a time adds little (it held 5 times the weights).
+    monkeypatch.setitem(globals(), "D_IN", 256)
+    monkeypatch.setitem(globals(), "N_LATENTS", 8192)
+    monkeypatch.setattr(_external, "_FOLD_BLOCK_ELEMENTS", 64 * D_IN)
+    write(tmp_path, rng)
+    load_external(tmp_path, format)  # what a first call sets up does not count
+    model, peak = peak_memory(lambda: load_external(tmp_path, format))
+    weights = model.components_.nbytes + model.encoder_weights_.nbytes
+    assert model.components_.flags.c_contiguous and model.encoder_weights_.flags.c_contiguous
+    assert peak < 2.5 * weights
 
 
 @pytest.mark.parametrize(
