@@ -126,15 +126,12 @@ class SparseAutoencoder(torch.nn.Module):
             # codes the factor was fitted to.
             self.sparsifier.scale_latents_(self.W_enc.new_full((self.n_latents,), factor))
 
-    def encoder_bias(self):
-        return _folded_bias(self.W_enc, self.b_enc, self.b_dec)
-
     def pre_activation(self, x, *, out=None):
-        """``x @ W_enc^T + b_enc - W_enc b_dec``, differentiable; written into ``out``, in
-        its dtype, when given (a tensor that autograd does not see as a view of another:
-        a ``detach()`` of a slice is not)."""
+        """``(x - b_dec) @ W_enc^T + b_enc``, differentiable; written into ``out``, in its
+        dtype, when given (a tensor that autograd does not see as a view of another: a
+        ``detach()`` of a slice is not)."""
         if out is None:
-            return F.linear(x, self.W_enc, self.encoder_bias())
+            out = x.new_empty((x.shape[0], self.n_latents), dtype=self.W_enc.dtype)
         return _EncoderInto.apply(x, self.W_enc, self.b_enc, self.b_dec, out)
 
     def training_code(self, x, pre):
@@ -328,12 +325,16 @@ class _EncoderInto(torch.autograd.Function):
     """The pre-activations ``(x - b_dec) @ weight^T + b_enc`` written into ``out``, in its
     dtype, with the gradients of ``F.linear``.
 
-    In the weight's dtype ``b_dec`` is folded into the bias (:func:`_folded_bias`,
-    gradients through :func:`_folded_bias_grads`). In a lower one (autocast) the input is
-    centred before the cast: data far from the origin make ``x @ weight^T`` and
-    ``weight @ b_dec`` large and nearly equal, and their difference in bfloat16 kept
-    little but rounding (a TopK fit's score fell from 0.577 to 0.522 at an offset of
-    50 per coordinate).
+    The input is centred before the product (and before a cast to a lower ``out`` dtype,
+    under autocast). Folding ``b_dec`` into the bias instead, ``x @ weight^T + (b_enc -
+    weight @ b_dec)``, spares that ``[batch, n_features]`` subtraction, but for data far
+    from the origin both terms are large and nearly equal, and their difference keeps
+    little but rounding: at an offset of 1000 per coordinate (unit spread, 512 features)
+    float32 pre-activations were 1000 times further from the exact ones, and 2% of the
+    rows changed their top 32; in bfloat16 a TopK fit's score fell from 0.577 to 0.522 at
+    an offset of 50. ``b_dec``'s gradient through the encoder, ``-weight^T`` times the
+    bias's, costs a matrix-vector product (:func:`_encoder_bias_grads`), not the
+    ``[batch, n_features]`` matmul that autograd through the subtraction would.
 
     ``out`` is a buffer that every training step reuses: a dense code's pre-activations,
     where a fresh product is freshly mapped memory on the CPU (its page faults took
@@ -343,46 +344,39 @@ class _EncoderInto(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, b_enc, b_dec, out):
         dtype = out.dtype
-        ctx.centred = dtype != weight.dtype
-        if ctx.centred:
-            x_cast, bias = (x - b_dec).to(dtype), b_enc.to(dtype)
-        else:
-            x_cast, bias = x, _folded_bias(weight, b_enc, b_dec)
-        weight_cast = weight.to(dtype)
-        ctx.save_for_backward(x_cast, weight_cast, weight, b_dec)
+        centred, weight_cast = (x - b_dec).to(dtype), weight.to(dtype)
+        ctx.save_for_backward(centred, weight_cast, weight)
         ctx.x_dtype = x.dtype
         ctx.mark_dirty(out)
-        return torch.addmm(bias, x_cast, weight_cast.T, out=out)
+        return torch.addmm(b_enc.to(dtype), centred, weight_cast.T, out=out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x_cast, weight_cast, weight, b_dec = ctx.saved_tensors
+        centred, weight_cast, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
             grad_x = (grad @ weight_cast).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = (grad.T @ x_cast).to(weight.dtype)
+            grad_weight = (grad.T @ centred).to(weight.dtype)
         # Summed in the gradient's dtype (accumulating in float32) and then cast: on the
         # CPU a sum into another dtype would first copy the whole gradient to it.
         grad_bias = grad.sum(dim=0).to(weight.dtype)
-        needs_weight, *needs_biases = ctx.needs_input_grad[1:4]
-        # A centred input's product already gives the weight its whole gradient.
-        needs = (needs_weight and not ctx.centred, *needs_biases)
-        return grad_x, *_folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec), None
+        grad_biases = _encoder_bias_grads(ctx.needs_input_grad[2:4], grad_bias, weight)
+        return grad_x, grad_weight, *grad_biases, None
 
 
 class _SelectedEncoder(torch.autograd.Function):
-    """Entries ``indices`` of the rows of ``pre = x @ weight^T + (b_enc - weight @ b_dec)``,
+    """Entries ``indices`` of the rows of ``pre = (x - b_dec) @ weight^T + b_enc``,
     already computed.
 
     The backward pass touches the selected entries only: with ``S`` the sparse
-    ``[batch, n_latents]`` matrix of their gradients, the weight gradient is ``S^T @ x``
-    (:func:`_transposed_rows_product`, many times faster than ``index_add_`` over the
-    ``batch * k`` rows on the CPU, and than the ``index_add_`` of ``batch * k``
-    materialised rows that sparsify uses on a GPU), the bias gradient a scatter-add of
-    ``S`` (:func:`_folded_bias_grads` for the parameters it folds), and the input
-    gradient ``S @ weight``.
+    ``[batch, n_latents]`` matrix of their gradients, the weight gradient is
+    ``S^T @ (x - b_dec)`` (:func:`_transposed_rows_product`, many times faster than
+    ``index_add_`` over the ``batch * k`` rows on the CPU, and than the ``index_add_`` of
+    ``batch * k`` materialised rows that sparsify uses on a GPU), the biases' gradients
+    from a scatter-add of ``S`` (:func:`_encoder_bias_grads`), and the input gradient
+    ``S @ weight``.
     """
 
     @staticmethod
@@ -400,34 +394,20 @@ class _SelectedEncoder(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _rows_product(grad, indices, weight)
         if ctx.needs_input_grad[1]:
-            grad_weight = _transposed_rows_product(grad, indices, x, weight.shape[0])
+            # Centred, as in the forward pass (:class:`_EncoderInto`).
+            grad_weight = _transposed_rows_product(grad, indices, x - b_dec, weight.shape[0])
         grad_bias = grad.new_zeros(weight.shape[0]).index_add_(0, indices.flatten(), grad.flatten())
-        needs = ctx.needs_input_grad[1:4]
-        grad_parameters = _folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec)
-        return grad_x, *grad_parameters, None, None
+        grad_biases = _encoder_bias_grads(ctx.needs_input_grad[2:4], grad_bias, weight)
+        return grad_x, grad_weight, *grad_biases, None, None
 
 
-def _folded_bias(weight, b_enc, b_dec):
-    """The encoder's bias with ``b_dec`` folded in: ``x @ weight^T + (b_enc - weight @
-    b_dec)`` skips materialising ``x - b_dec`` and the matmul its gradient would cost."""
-    return torch.addmv(b_enc, weight, b_dec, alpha=-1)
-
-
-def _folded_bias_grads(needs, grad_bias, grad_weight, weight, b_dec):
-    """The gradients of ``weight``, ``b_enc`` and ``b_dec`` (where ``needs`` says) of an
-    encoder whose folded bias (:func:`_folded_bias`) has the gradient ``grad_bias``,
-    given ``grad_weight``, the weight's gradient through the product alone.
-
-    The bias's share of the weight's gradient, ``-outer(grad_bias, b_dec)``, is added in
-    place. Autograd through the bias's ``addmv`` would build that outer product, scale
-    it into a second ``[n_latents, n_features]`` tensor and sum it into the product's
-    gradient: about 4 ms of a 140 ms TopK step at 4096 latents and 512 features.
-    """
-    needs_weight, needs_b_enc, needs_b_dec = needs
-    if needs_weight:
-        grad_weight.addr_(grad_bias, b_dec, alpha=-1)
+def _encoder_bias_grads(needs, grad_bias, weight):
+    """The gradients of ``b_enc`` and ``b_dec`` (where ``needs`` says) through the
+    encoder ``(x - b_dec) @ weight^T + b_enc``, whose bias has the gradient ``grad_bias``:
+    ``b_dec``'s is ``-weight^T @ grad_bias``."""
+    needs_b_enc, needs_b_dec = needs
     grad_b_dec = weight.T.mv(grad_bias).neg_() if needs_b_dec else None
-    return grad_weight, grad_bias if needs_b_enc else None, grad_b_dec
+    return grad_bias if needs_b_enc else None, grad_b_dec
 
 
 #: Rows of the data whose distances to the median are taken at a time.

@@ -149,8 +149,8 @@ class Trainer:
         Clip the global L2 norm of the gradients to this value before each step (after
         the decoder-parallel component is removed); ``None`` does not clip.
     autocast_dtype : torch dtype or None
-        Low-precision dtype (``torch.bfloat16``) of the encoder's matmul (its input,
-        weights and folded bias cast down) and of the dense decoder's (under
+        Low-precision dtype (``torch.bfloat16``) of the encoder's matmul (its centred
+        input, weights and bias cast down) and of the dense decoder's (under
         :func:`torch.autocast`), forward and backward. A TopK
         selection reads the low-precision pre-activations, and the dense codes of the
         sparsifiers that allow it stay in low precision
