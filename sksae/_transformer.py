@@ -1363,14 +1363,16 @@ class SparseAutoencoderTransformer(
     def _transform_validated(self, X):
         """:meth:`transform` of ``X`` already validated (numpy or scipy.sparse)."""
         encode = self._encoder()
-        if not self.sparse_output:
-            return self._map_rows(lambda model, x: encode(model, x).to_dense(model.n_latents), X)
         device = self._torch_device(cpu_without_gpu=True)
         model = self._module(device, dtype=X.dtype)
         with torch.inference_mode():
+            chunk_codes = map_chunks(partial(encode, model), X, device=device)
+            if not self.sparse_output:
+                dtype = X.dtype.newbyteorder("=")  # native: torch reads no other
+                return _dense_codes(chunk_codes, X.shape[0], model.n_latents, dtype)
             chunks = [
                 _code_to_csr(code, stop - start, model.n_latents)
-                for start, stop, code in map_chunks(partial(encode, model), X, device=device)
+                for start, stop, code in chunk_codes
             ]
         codes = sp.vstack(chunks, format="csr")
         codes.sort_indices()
@@ -1665,6 +1667,23 @@ def _changes(current, before, names, before_is):
         for name in names
         if current.get(name) != before.get(name)
     ]
+
+
+def _dense_codes(chunk_codes, n_rows, n_latents, dtype):
+    """The dense ``[n_rows, n_latents]`` array of the :class:`Code` of each chunk of rows
+    (``(start, stop, code)``), each sparse code scattered straight into it: a dense
+    ``[chunk, n_latents]`` tensor per chunk, then copied, made a TopK transform of
+    100,000 x 512 rows into 4096 latents take about 15% longer."""
+    # Zeroed lazily by the system, page by page as the codes are written.
+    codes = np.zeros((n_rows, n_latents), dtype=dtype)
+    for start, stop, code in chunk_codes:
+        rows = torch.from_numpy(codes[start:stop])
+        values = code.values[: stop - start].cpu()
+        if code.indices is None:
+            rows.copy_(values)
+        else:
+            rows.scatter_(1, code.indices[: stop - start].cpu(), values)
+    return codes
 
 
 def _code_to_csr(code, n_rows, n_latents):
