@@ -24,7 +24,6 @@ Run from the repository root, on a machine with a CUDA GPU::
 """
 
 import datetime
-import importlib.util
 import statistics
 import sys
 import time
@@ -32,6 +31,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from _sparsify import ABSENT, load_sparsify
 
 from sksae._nn.module import SparseAutoencoder
 from sksae._nn.sparsifiers import BatchTopK, JumpReLU, ReLU, TopK
@@ -108,9 +108,8 @@ def plain_relu_step(x, n_latents):
     return step
 
 
-def sparsify_step(x, n_latents, k):
-    from sparsify import SparseCoder, SparseCoderConfig
-
+def sparsify_step(sparsify, x, n_latents, k):
+    SparseCoder, SparseCoderConfig, _ = sparsify
     config = SparseCoderConfig(num_latents=n_latents, k=k)
     sae = SparseCoder(x.shape[1], config, device=DEVICE, dtype=torch.float32)
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
@@ -131,10 +130,10 @@ def main():
         print("No CUDA GPU here: this benchmark needs one.")
         return 1
     ceiling = bf16_matmul_ceiling()
-    has_sparsify = importlib.util.find_spec("sparsify") is not None
+    sparsify = load_sparsify()
     print(f"{torch.cuda.get_device_name()}, bf16 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s")
-    if not has_sparsify:
-        print("(eai-sparsify is not installed: no sparsify row)")
+    if sparsify is None:
+        print(f"({ABSENT})")
     print(
         f"{'shape':<24}{'step':<16}{'ms':>8}{'TFLOP/s':>9}{'/ceiling':>9}{'/plain':>8}{'syncs':>7}"
     )
@@ -148,8 +147,8 @@ def main():
             ("topk", TopK(k)),
         ]:
             steps[f"sksae {name}"] = sksae_step(sparsifier, x, n_latents)
-        if has_sparsify:
-            steps["sparsify topk"] = sparsify_step(x, n_latents, k)
+        if sparsify is not None:
+            steps["sparsify topk"] = sparsify_step(sparsify, x, n_latents, k)
         shape = f"B{batch} d{n_features} n{n_latents} k{k}"
         times = {}
         for name, step in steps.items():
@@ -160,7 +159,7 @@ def main():
                 f"{rate / ceiling:>9.2f}{times['plain relu'] / times[name]:>8.2f}"
                 f"{host_syncs(step):>7.2f}"
             )
-        if has_sparsify:
+        if sparsify is not None:
             ratio = times["sparsify topk"] / times["sksae topk"]
             print(f"{shape:<24}sksae topk steps/s over sparsify's: {ratio:.2f}")
         del steps

@@ -217,8 +217,9 @@ def main(argv=None):
             )
         print(f"{name:<9}matmul limit {limit / 1e9:.0f} GFLOP/s (median of {args.rounds})")
     print(
-        "'vs plain': steps/s over the plain-torch loop of the same activation "
-        "(relu's for batchtopk and jumprelu, which train dense codes)"
+        "'vs plain': steps/s over the plain-torch loop of the same activation and dtype "
+        "(relu's for batchtopk and jumprelu, which train dense codes; the float32 loop's "
+        "for the bf16 rows)"
     )
     print(
         f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "

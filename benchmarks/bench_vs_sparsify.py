@@ -33,7 +33,6 @@ Run from the repository root::
 
 import argparse
 import datetime
-import importlib.metadata
 import os
 import statistics
 import sys
@@ -41,6 +40,7 @@ import time
 
 import numpy as np
 import torch
+from _sparsify import ABSENT, load_sparsify
 
 from sksae import SparseAutoencoderTransformer
 
@@ -53,9 +53,8 @@ SHAPES = {
 BATCHES = {"cpu": 8, "cuda": 16}
 
 
-def sparsify_steps_per_s(X, n_latents, k, batch, device, rounds_of_data=2):
-    from sparsify import SparseCoder, SparseCoderConfig
-
+def sparsify_steps_per_s(sparsify, X, n_latents, k, batch, device, rounds_of_data=2):
+    SparseCoder, SparseCoderConfig, _ = sparsify
     torch.manual_seed(0)
     config = SparseCoderConfig(num_latents=n_latents, k=k)
     sae = SparseCoder(X.shape[1], config, device=device, dtype=torch.float32)
@@ -122,14 +121,11 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3, help="interleaved repeats (median)")
     args = parser.parse_args(argv)
     epochs = args.epochs or {"cpu": 2, "cuda": 8}[args.device]
-    try:
-        version = importlib.metadata.version("eai-sparsify")
-    except importlib.metadata.PackageNotFoundError:
-        print(
-            "eai-sparsify is not installed: nothing to compare against. Install it after "
-            "the pinned torch: pip install eai-sparsify"
-        )
+    sparsify = load_sparsify()
+    if sparsify is None:
+        print(ABSENT)
         return 1
+    version = sparsify[2]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA GPU here.")
         return 1
@@ -152,7 +148,7 @@ def main(argv=None):
         setups = []
         for _ in range(args.rounds):
             rates["sparsify"].append(
-                sparsify_steps_per_s(X_device, n_latents, k, batch, args.device)
+                sparsify_steps_per_s(sparsify, X_device, n_latents, k, batch, args.device)
             )
             for autocast_dtype in [None, "bfloat16"]:
                 rate, setup = sksae_steps_per_s(

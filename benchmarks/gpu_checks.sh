@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a session with a CUDA GPU should run, in one go (none of it is needed by CI):
-# the CUDA tests, then the step and fit benchmarks against sparsify. The tests fail the
-# script; the benchmarks run whatever the tests say, so one short loan of a GPU gives
-# every figure. Run from anywhere, with sksae (and optionally eai-sparsify) importable:
+# the CUDA tests, then the step and fit benchmarks against sparsify. Each runs whatever
+# the others did, so one short loan of a GPU gives every figure; the script fails if any
+# of them did (a benchmark fails without a GPU or, bench_vs_sparsify, without sparsify),
+# naming it. Run from anywhere, with sksae (and optionally eai-sparsify) importable:
 #
 #     bash benchmarks/gpu_checks.sh
 set -uo pipefail
@@ -13,8 +14,11 @@ python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" || {
     exit 2
 }
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
-python -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_nn.py
-status=$?
-python benchmarks/bench_gpu_steps.py
-python benchmarks/bench_vs_sparsify.py --device cuda --rounds 2
+status=0
+run() {
+    "$@" || { echo "FAILED (status $?): $*" >&2; status=1; }
+}
+run python -m pytest -p no:cacheprovider -q -m cuda tests/test_cuda.py tests/test_nn.py
+run python benchmarks/bench_gpu_steps.py
+run python benchmarks/bench_vs_sparsify.py --device cuda --rounds 2
 exit "$status"

@@ -62,9 +62,10 @@ sae.set_callbacks(curve)
 sae.fit(X)
 
 # %%
-# The peer: dictionary learning with as many atoms as there are true directions.
+# The peer: dictionary learning with as many atoms as the SAE has latents (twice the
+# true directions), so that neither dictionary has more atoms to match them with.
 mbdl = MiniBatchDictionaryLearning(
-    n_components=128, alpha=0.3, batch_size=256, max_iter=3, random_state=0
+    n_components=256, alpha=0.3, batch_size=256, max_iter=3, random_state=0
 ).fit(X)
 mbdl_mmcs = mmcs(directions, mbdl.components_)
 
