@@ -566,19 +566,21 @@ def _read_state_dict(file):
 
 
 def _normalize_decoder(weights):
-    """``AutoEncoder.normalize_decoder``, which ``load_dictionary`` applies, in place:
-    unit-norm decoder columns, their norms moved into the encoder rows and bias. The
-    library's torch operations in float32, so that the codes are the very ones it
-    computes."""
-    decoder, encoder, bias = (
-        torch.from_numpy(weights[name])
-        for name in ("decoder.weight", "encoder.weight", "encoder.bias")
-    )
-    norms = torch.norm(decoder, dim=0)
-    if not torch.allclose(norms, torch.ones_like(norms)):
-        decoder /= norms
-        encoder *= norms[:, None]
-        bias *= norms
+    """``AutoEncoder.normalize_decoder``, which ``load_dictionary`` applies: unit-norm
+    decoder columns, their norms moved into the encoder rows and bias, each array of
+    ``weights`` replaced in turn. The library's torch operations in float32, so that the
+    codes are the very ones it computes; out of place, as a state dict's tensors may
+    share memory (tied weights, an expanded bias)."""
+    norms = torch.norm(torch.from_numpy(weights["decoder.weight"]), dim=0)
+    if torch.allclose(norms, torch.ones_like(norms)):
+        return
+    for name, operation, operand in [
+        ("decoder.weight", torch.div, norms),
+        ("encoder.weight", torch.mul, norms[:, None]),
+        ("encoder.bias", torch.mul, norms),
+    ]:
+        # One replaced at a time: the checkpoint is held once, plus one matrix.
+        weights[name] = operation(torch.from_numpy(weights[name]), operand).numpy()
 
 
 _READERS = {

@@ -418,6 +418,18 @@ def test_dictionary_learning_matches_its_encoder_and_decoder(tmp_path, rng, X, c
     _assert_matches(model, X, *_dictionary_learning_reference(dict_class, state))
 
 
+def test_a_dictionary_learning_state_dict_of_shared_tensors_loads(tmp_path, rng, X):
+    """Tied weights (the encoder saved as a view of the decoder) and a bias expanded
+    from one value: torch.save keeps the sharing, and rescaling to unit-norm decoder
+    columns must not write through one tensor into another."""
+    dict_class, state = _dictionary_learning_checkpoint(tmp_path, rng, "AutoEncoder")
+    state["encoder.weight"] = state["decoder.weight"].T
+    state["encoder.bias"] = torch.full((1,), 0.05).expand(N_LATENTS)
+    torch.save(state, tmp_path / "ae.pt")
+    model = load_external(tmp_path, "dictionary_learning")
+    _assert_matches(model, X, *_dictionary_learning_reference(dict_class, state))
+
+
 @pytest.mark.parametrize(
     "format, write",
     [
