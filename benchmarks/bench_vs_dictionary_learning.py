@@ -10,7 +10,8 @@ Rows:
    with its ``transform_algorithm="lasso_lars"``: the peer at the SAE's width, and the
    baseline of the ratios.
 3. The dictionary of row 2, coded by OMP with 5 nonzeros (``SparseCoder``).
-4. and 5. Rows 2 and 3 with ``n_components=256``, the number of true directions.
+4. Row 2 with ``n_components=256``, the number of true directions.
+5. Row 3 on that dictionary.
 6. The dictionary of row 1 (``components_``), coded by scikit-learn's OMP with 5 nonzeros:
    is the SAE's dictionary a good dictionary for scikit-learn's own coder?
 7. The model of row 1 with ``transform_algorithm="pursuit", transform_n_candidates=5``:
