@@ -1,4 +1,4 @@
-"""The machine line of the benchmarks that time scikit-learn peers."""
+"""The line naming the machine that every benchmark prints under its table."""
 
 import datetime
 import os

@@ -32,12 +32,11 @@ Run from the repository root (about 2.5 minutes on 2 cores; ``--quick``: 10,000 
 """
 
 import argparse
-import datetime
 import math
-import os
 
 import numpy as np
 import torch
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 from sksae.datasets import make_sparse_superposition
@@ -189,10 +188,7 @@ def main(argv=None):
     print("-" * (width + 8))
     for name, value in rows:
         print(f"{name:<{width}}{value:>8.4f}")
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
-    )
+    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -20,12 +20,10 @@ Run from the repository root::
 """
 
 import argparse
-import datetime
 import math
-import os
 
 import numpy as np
-import torch
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 from sksae.datasets import make_sparse_superposition
@@ -78,10 +76,7 @@ def main(argv=None):
         "dead: fraction of latents never active on the training data; none/AuxK: the issue "
         "asks for >= 3 at equal or better FVU; epochs: with AuxK / without"
     )
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__}, "
-        f"seed {args.seed}, date {datetime.date.today().isoformat()}"
-    )
+    print(f"{machine_line()}, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ Run from the repository root (about 3 minutes on 2 cores)::
 """
 
 import argparse
-import datetime
-import os
 
 import numpy as np
-import torch
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 from sksae.datasets import make_sparse_superposition
@@ -61,10 +59,7 @@ def main(argv=None):
                 ratios = f"{dead_ratio:>12.2f}{fvu_with / fvu_without:>11.3f}"
             print(f"{label:<18}{steps:>14}{epochs:>8}{dead:>8.3f}{error:>9.4f}{ratios}")
     print("ratios: with warm-up over without, at the same learning rate (below 1: better)")
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__}, "
-        f"seed {args.seed}, date {datetime.date.today().isoformat()}"
-    )
+    print(f"{machine_line()}, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -19,12 +19,11 @@ Run from the repository root::
     python benchmarks/bench_parallel_search.py
 """
 
-import datetime
 import os
 import time
 
 import joblib
-import torch
+from _machine import machine_line
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, ParameterGrid
@@ -87,10 +86,7 @@ def main():
     if cluster is not None:
         client.close()
         cluster.close()
-    print(
-        f"machine: os.cpu_count()={cores}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
-    )
+    print(machine_line())
 
 
 if __name__ == "__main__":

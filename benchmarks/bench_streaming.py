@@ -21,11 +21,9 @@ Run from the repository root (about 1.5 minutes on 2 cores)::
 """
 
 import argparse
-import datetime
-import os
 
 import numpy as np
-import torch
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 from sksae.datasets import make_sparse_superposition
@@ -68,10 +66,7 @@ def main(argv=None):
     print(f"{'model':<48}{'steps':>8}{'FVU':>9}{'FVU / fit':>11}")
     for label, error, steps in rows:
         print(f"{label:<48}{steps:>8}{error:>9.4f}{error / rows[0][1]:>11.3f}")
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__}, "
-        f"seed {args.seed}, date {datetime.date.today().isoformat()}"
-    )
+    print(f"{machine_line()}, seed {args.seed}")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,6 @@ Run from the repository root::
 """
 
 import argparse
-import datetime
-import os
 import resource
 import statistics
 import time
@@ -46,6 +44,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 
@@ -221,10 +220,7 @@ def main(argv=None):
         "(relu's for batchtopk and jumprelu, which train dense codes; the float32 loop's "
         "for the bf16 rows)"
     )
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
-    )
+    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ Run from the repository root::
 """
 
 import argparse
-import datetime
-import os
 import time
 
 import numpy as np
 import torch
+from _machine import machine_line
 
 from sksae import SparseAutoencoderTransformer
 
@@ -69,10 +68,7 @@ def main(argv=None):
     for name, seconds in rows:
         print(f"{name:<34}{seconds:>9.3f}{gflop / seconds:>9.1f}{seconds / bare:>7.2f}")
     print(f"rows with the same number of active latents: {agree:.4f}")
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
-    )
+    print(machine_line())
 
 
 if __name__ == "__main__":

@@ -32,14 +32,13 @@ Run from the repository root::
 """
 
 import argparse
-import datetime
-import os
 import statistics
 import sys
 import time
 
 import numpy as np
 import torch
+from _machine import machine_line
 from _sparsify import ABSENT, load_sparsify
 
 from sksae import SparseAutoencoderTransformer
@@ -161,10 +160,7 @@ def main(argv=None):
         row = [theirs, f32, f32 / theirs, bf16, bf16 / theirs, statistics.median(setups)]
         print(f"{shape:<26}" + "".join(f"{value:>11.2f}" for value in row))
         del X_device
-    print(
-        f"machine: os.cpu_count()={os.cpu_count()}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), date {datetime.date.today().isoformat()}"
-    )
+    print(machine_line())
     return 0
 
 
