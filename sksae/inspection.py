@@ -359,7 +359,7 @@ def plot_dictionary(model, image_shape, n_atoms=64, fig=None):
     _check_image_shape(image_shape, model.components_.shape[1])
     if not is_int(n_atoms) or n_atoms < 1:
         raise ValueError(f"n_atoms must be a positive integer, got {n_atoms!r}.")
-    atoms = model.components_[:n_atoms]
+    atoms = np.asarray(as_dense(model.components_[:n_atoms]))  # a random projection's is sparse
     n_cols = int(np.ceil(np.sqrt(atoms.shape[0])))
     n_rows = -(-atoms.shape[0] // n_cols)
     if fig is None:
@@ -425,7 +425,7 @@ def plot_top_activations(model, X, features, image_shape, n=8, fig=None):
     X = _validate(model, X)
     _check_n(n)
     _check_image_shape(image_shape, X.shape[1], channels=True)
-    if is_int(features):
+    if is_int(features) or np.ndim(features) == 0:
         raise TypeError(f"features must be a list of latents, got {features!r}: pass [{features}].")
     features = list(features)
     if not features:

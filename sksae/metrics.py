@@ -222,7 +222,10 @@ def mmcs(true_directions, learned_directions):
 def _checked_matrix(A, name):
     """``A`` as a 2-D array or scipy.sparse matrix with rows and columns; a list or a
     DataFrame (from ``set_output(transform="pandas")``) becomes an array."""
-    if not sp.issparse(A):
+    if sp.issparse(A) and A.format not in {"csr", "csc", "coo", "bsr"}:
+        # LIL's data holds lists, DOK has none, DIA's pads its diagonals past the matrix.
+        A = A.tocsr()
+    elif not sp.issparse(A):
         A = np.asarray(A)
     if A.ndim != 2 or 0 in A.shape:
         raise ValueError(
@@ -252,7 +255,12 @@ def _count_nonzero(codes):
 
 
 def _dense_floats(A, name):
-    return np.asarray(as_dense(_checked_matrix(A, name)), dtype=np.float64)
+    A = as_dense(_checked_matrix(A, name))
+    with np.errstate(over="ignore"):  # a finite long double may overflow float64
+        A = np.asarray(A, dtype=np.float64)
+    if not np.isfinite(A).all():
+        raise ValueError(f"{name} holds values beyond the float64 range.")
+    return A
 
 
 def _unit_rows(A, name):

@@ -254,6 +254,8 @@ def test_clear_errors(model, data, hand_model):
         plot_top_activations(model, X, [0, 64], (4, 4))
     with pytest.raises(TypeError, match=r"features must be a list of latents, got 0: pass \[0\]"):
         plot_top_activations(model, X, 0, (4, 4))
+    with pytest.raises(TypeError, match="features must be a list of latents, got array"):
+        plot_top_activations(model, X, np.array(1), (4, 4))
     # As transform does: values whose squares overflow would rank first as inf or NaN.
     with pytest.raises(ValueError, match="beyond what"):
         top_activating(model, np.vstack([X[:1] * 1e160, X[1:]]), 0)
@@ -327,6 +329,17 @@ def test_plot_dictionary(model, pyplot):
     given = pyplot.figure()
     assert plot_dictionary(model, (2, 8), n_atoms=100, fig=given) is given
     assert n_images(given) == 64
+
+
+def test_plot_dictionary_draws_a_baseline_with_sparse_atoms(data, pyplot):
+    # A sparse random projection's components_ are a sparse matrix: imshow failed on it
+    # with matplotlib's "dtype object", after the subplots were added to the figure.
+    from sklearn.random_projection import SparseRandomProjection
+
+    projection = SparseRandomProjection(n_components=8, random_state=0).fit(data[0])
+    fig = plot_dictionary(projection, (4, 4), n_atoms=3)
+    expected = projection.components_[[2]].toarray().reshape(4, 4)
+    np.testing.assert_array_equal(fig.axes[2].images[0].get_array(), expected)
 
 
 def test_plot_top_activations(model, data, pyplot):

@@ -189,6 +189,37 @@ def test_metrics_reject_values_that_are_not_finite_real_numbers(bad, error, mess
             metric(bad)
 
 
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "bsr", "lil", "dok", "dia"])
+def test_metrics_take_every_sparse_format(fmt):
+    # LIL's data are lists (a TypeError), DOK has no data (an AttributeError).
+    codes = np.array([[0.0, 1.5, 0.0], [3.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    sparse = sp.csr_array(codes).asformat(fmt)
+    X = np.array([[1.0, 2.0, 0.0], [3.0, 2.0, 1.0], [2.0, 5.0, 1.0]])
+    assert l0(sparse) == l0(codes)
+    assert dead_fraction(sparse) == dead_fraction(codes)
+    assert code_bytes(sparse) == code_bytes(codes)
+    assert fvu(X, sparse) == fvu(X, codes)
+    assert mmcs(sparse, X) == mmcs(codes, X)
+
+
+def test_a_nan_in_a_dia_matrix_s_padding_is_not_a_value():
+    # Diagonal 1 of a 3 x 3 matrix holds 2 values; the first of the 3 stored is padding.
+    padded = sp.dia_array((np.array([[np.nan, 1.0, 2.0]]), [1]), shape=(3, 3))
+    assert l0(padded) == pytest.approx(2 / 3)
+
+
+@pytest.mark.skipif(
+    np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="no wider long double"
+)
+def test_fvu_and_mmcs_reject_values_beyond_float64():
+    # Finite in long double, infinite once cast: the results were NaN, with warnings.
+    X = np.array([["1e400"], ["0"]]).astype(np.longdouble)
+    with pytest.raises(ValueError, match="beyond the float64 range"):
+        fvu(X, np.ones((2, 1)))
+    with pytest.raises(ValueError, match="beyond the float64 range"):
+        mmcs(X.T, np.ones((1, 2)))
+
+
 def test_code_metrics_take_lists_and_dataframes():
     pd = pytest.importorskip("pandas")
     codes = [[0.0, 1.5, 0.0], [2.0, 0.0, 0.0]]
