@@ -33,6 +33,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import warnings
 import zipfile
 import zlib
@@ -320,6 +321,10 @@ def _positive_int(text):
     return value
 
 
+# argparse names the converter in its messages: "invalid positive integer value: 'x'".
+_positive_int.__name__ = "positive integer"
+
+
 # ---------------------------------------------------------------------------- data
 
 
@@ -359,7 +364,7 @@ def _shards(path):
         files = [path]
     shards = []
     for file in files:
-        with _reading(file):
+        with _named(file):
             shards.extend(_READERS[file.suffix](file))
     if not shards:
         raise ValueError(f"{path} holds no arrays.")
@@ -492,10 +497,11 @@ def _arrays(shards, n_features=None):
     float64, which doubles memory for precision the data never had.
     """
     for shard in shards:
-        with _reading(shard.label):
+        with _named(shard.label):
             X = shard.read()
         n_features = _checked_header(shard.label, *_header(X), n_features)
-        yield X.astype(np.float32) if X.dtype == np.float16 else X
+        # Of either byte order: ">f2" is not np.float16.
+        yield X.astype(np.float32) if X.dtype.kind == "f" and X.dtype.itemsize == 2 else X
 
 
 def _checked_header(label, shape, dtype, n_features):
@@ -525,8 +531,9 @@ def _checked_header(label, shape, dtype, n_features):
 
 
 @contextmanager
-def _reading(label):
-    """Report a file that cannot be read (empty, truncated, not what its name says) as a
+def _named(label):
+    """Report an error about the file ``label`` (one that cannot be read: empty,
+    truncated, not what its name says; or whose values the estimator refuses) as a
     ``ValueError`` that names it."""
     try:
         yield
@@ -558,11 +565,6 @@ def _fit_command(args):
         # this run: the model is saved with the value it was loaded with.
         warm_start = model.warm_start
         model.set_params(**params, warm_start=True)
-        if model.early_stopping:
-            _report(
-                "a fit with early stopping keeps no progress: --resume trains "
-                f"--max-iter ({model.max_iter}) more epochs from its best one."
-            )
     elif (model_dir / CONFIG_FILE).exists():
         raise ValueError(
             f"{model_dir} already holds a model: pass --resume to train it further, or "
@@ -583,11 +585,27 @@ def _fit_command(args):
             "Drop those options, or train a new model in another MODEL_DIR."
         )
     shards = _shards(args.data)
-    # Before any training: a MODEL_DIR that saving would fail to write must not cost
-    # the training first.
-    writable_directory(model_dir)
+    if len(shards) > 1 and model.early_stopping:
+        fitted_with = (
+            "--early-stopping"
+            if "early_stopping" in params
+            else f"the model in {model_dir} was fitted with early stopping, which"
+        )
+        raise ValueError(
+            f"{fitted_with} needs DATA to be one array: shards train with partial_fit, "
+            "which holds no data out. Pass --no-early-stopping to train on shards."
+        )
+    if args.resume and model.early_stopping:
+        _report(
+            "a fit with early stopping keeps no progress: --resume trains "
+            f"--max-iter ({model.max_iter}) more epochs from its best one."
+        )
+    created = not model_dir.exists()
     save_model = partial(_save, directory=model_dir, warm_start=warm_start)
     try:
+        # Before any training: a MODEL_DIR that saving would fail to write must not
+        # cost the training first.
+        _check_writable(writable_directory(model_dir))
         if len(shards) == 1:
             loss = _fit_array(model, shards, args, save_model)
             trained = f"n_iter_={model.n_iter_}"
@@ -598,8 +616,22 @@ def _fit_command(args):
         save_model(model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
+    except BaseException:
+        if created and not any(model_dir.iterdir()):
+            model_dir.rmdir()  # a failed run leaves no empty MODEL_DIR behind
+        raise
     print(f"Saved the model to {model_dir} ({trained}, loss {loss:.5g}).")
     return 0
+
+
+def _check_writable(directory):
+    """A ``ValueError`` unless a file can be written in ``directory``: ``mkdir`` passes
+    a read-only directory that exists."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(f"MODEL_DIR {directory} is not writable: {exc.strerror or exc}.") from exc
 
 
 def _save(model, directory, warm_start):
@@ -632,17 +664,12 @@ def _fit_shards(model, shards, args, changed, save_model):
     a run ``--resume`` finds interrupted, the rest of its passes. ``changed``: the
     training parameters that the command's options change in the resumed model. Return
     the loss of the last pass, and the number of passes run (or finished)."""
-    if model.early_stopping:
-        raise ValueError(
-            "--early-stopping needs DATA to be one array: shards train with partial_fit, "
-            "which holds no data out."
-        )
     # Every shard's shape and dtype, from the headers, checked before the first one
     # trains: a bad shard found after hours of training would lose them.
     n_features = getattr(model, "n_features_in_", None)
     n_shard_rows = []
     for shard in shards:
-        with _reading(shard.label):
+        with _named(shard.label):
             shape, dtype = shard.header()
         n_features = _checked_header(shard.label, shape, dtype, n_features)
         if shape[0] == 0:  # partial_fit would refuse it, after the shards before it
@@ -673,7 +700,8 @@ def _fit_shards(model, shards, args, changed, save_model):
         steps = track(steps, description="partial_fit")
     for number, index in steps:
         (X,) = _arrays([shards[index]], n_features)
-        model.partial_fit(X)
+        with _named(shards[index].label):
+            model.partial_fit(X)
         if index < len(shards) - 1:
             continue
         # The mean of the pass's shard losses, weighted by their rows, as fit's epochs.
@@ -798,10 +826,11 @@ def _evaluate(model, shards):
     fired = np.zeros(n_latents, dtype=np.int64)
     n_samples, mean, deviation, residual = 0, np.zeros(model.n_features_in_), 0.0, 0.0
     reference = None
-    for X in _arrays(shards, model.n_features_in_):
+    for shard in shards:
+        (X,) = _arrays([shard], model.n_features_in_)
         chunk_rows = rows_per_chunk(X.shape[1], EVALUATE_CHUNK_VALUES)
         for start in range(0, X.shape[0], chunk_rows):
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _named(shard.label):
                 # Shards are arrays: a model fitted on a DataFrame has no names to match.
                 warnings.filterwarnings("ignore", "X does not have valid feature names")
                 chunk, largest = model._validate_input_and_largest(

@@ -346,6 +346,9 @@ def bad_data(X, tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(whole[:-100])
     (tmp_path / "float8.safetensors").write_bytes(_one_entry_safetensors("F8_E4M3", X[:4] > 0))
     np.save(tmp_path / "complex.npy", X.astype(np.complex128))
+    (tmp_path / "nan").mkdir()
+    np.save(tmp_path / "nan" / "00.npy", X)
+    np.save(tmp_path / "nan" / "01.npy", np.where(np.eye(*X.shape, dtype=bool), np.nan, X))
     np.savez_compressed(tmp_path / "damaged.npz", X)
     damaged = bytearray((tmp_path / "damaged.npz").read_bytes())
     # Within the first deflate block's Huffman tables, so that zlib itself fails: damage
@@ -353,6 +356,14 @@ def bad_data(X, tmp_path):
     damaged[60:68] = b"\xff" * 8
     (tmp_path / "damaged.npz").write_bytes(damaged)
     return tmp_path
+
+
+def test_half_precision_of_either_byte_order_trains_a_float32_model(X, tmp_path):
+    for dtype in ["<f2", ">f2"]:
+        np.save(tmp_path / "acts.npy", X.astype(dtype))
+        out = tmp_path / dtype[0].replace("<", "little").replace(">", "big")
+        assert main(["fit", str(tmp_path / "acts.npy"), "-o", str(out), "--max-iter", "1"]) == 0
+        assert sksae.load(out).components_.dtype == np.float32
 
 
 def test_k_above_n_components_is_warned_of_once(data, tmp_path):
@@ -370,6 +381,7 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
         (["fit", "{npy}", "-o", "{tmp}/sae", "--k", "0"], "'k' parameter"),
         (["fit", "{npy}", "-o", "{tmp}/sae", "--activation", "softmax"], "'activation'"),
         (["fit", "{npy}", "-o", "{tmp}/sae", "--max-iter", "many"], "--max-iter"),
+        (["fit", "{npy}", "-o", "{tmp}/sae", "--checkpoint-every", "0.5"], "positive integer"),
         (["fit", "{npy}", "-o", "{model}"], "already holds a model"),
         (["fit", "{directory}", "-o", "{tmp}/sae", "--early-stopping"], "--early-stopping"),
         (["fit", "{tmp}/empty.npy", "-o", "{tmp}/sae"], "empty.npy: No data left in file"),
@@ -386,6 +398,15 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
         (["fit", "{tmp}/cut.safetensors", "-o", "{tmp}/sae"], "cut.safetensors[b] ends"),
         (["fit", "{tmp}/float8.safetensors", "-o", "{tmp}/sae"], "holds F8_E4M3 values"),
         (["fit", "{npy}", "-o", "{npy}"], "exists and is not a directory"),
+        # A directory that exists and takes no files: refused before any training.
+        pytest.param(
+            ["fit", "{npy}", "-o", "/proc", "--verbose", "1"],
+            "MODEL_DIR /proc is not writable",
+            marks=pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux's /proc"),
+        ),
+        # Values are checked as each shard's turn to train comes: the error names it.
+        (["fit", "{tmp}/nan", "-o", "{tmp}/sae"], "01.npy: Input X contains NaN"),
+        (["evaluate", "{model}", "{tmp}/nan"], "01.npy: Input X contains NaN"),
         (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
@@ -401,6 +422,7 @@ def test_errors_are_one_line_and_exit_2(argv, problem, bad_data, data, model_dir
     assert out == ""
     assert err.startswith("sksae: error: ") and err.count("\n") == 1
     assert problem in err
+    assert not (bad_data / "sae").exists()  # no MODEL_DIR left, not even an empty one
 
 
 @pytest.mark.parametrize(
@@ -450,6 +472,14 @@ def test_resuming_an_early_stopped_fit_says_it_trains_anew(data, tmp_path, capsy
     assert main([*argv, "--resume", "--max-iter", "2"]) == 0
     assert "keeps no progress: --resume trains --max-iter (2) more" in capsys.readouterr().err
     assert sksae.load(tmp_path).n_iter_ == 3
+    # On shards it cannot train, for the saved parameter, not for an option given.
+    assert main(["fit", str(data["directory"]), "-o", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keeps no progress" not in err
+    assert f"the model in {tmp_path} was fitted with early stopping" in err
+    assert "Pass --no-early-stopping to train on shards" in err
+    argv = ["fit", str(data["directory"]), "-o", str(tmp_path), "--resume"]
+    assert main([*argv, "--no-early-stopping", "--max-iter", "1"]) == 0
 
 
 def test_evaluate_skips_an_empty_shard(model_dir, data, tmp_path, capsys):
