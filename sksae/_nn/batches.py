@@ -17,8 +17,9 @@ import torch
 #: lone row would take a different BLAS path (gemv) than a block and could differ in the
 #: last bits, so fixed-size chunks make ``f(X)[i]`` bitwise equal to ``f(X[i:i+1])``
 #: wherever the BLAS rounds a row alike at every position in a block. The MKL does but
-#: for float32 products into 8 columns or fewer (latents, here), whose rows differ by
-#: position in the last bit.
+#: for float32 products into 8 columns or fewer (latents, here) on an AVX-512 CPU, and
+#: for float64 products over an odd number of columns from 9 on (features) on an AVX2
+#: one, whose rows differ by position (by its parity, for the latter) in the last bit.
 INFERENCE_CHUNK_ROWS = 256
 
 #: Values (rows x features) that a statistic over the data densifies at a time.
