@@ -699,9 +699,20 @@ def _fit_shards(model, shards, args, changed, save_model):
         # partial_fit has no callbacks: the bar counts shards.
         steps = track(steps, description="partial_fit")
     for number, index in steps:
-        (X,) = _arrays([shards[index]], n_features)
-        with _named(shards[index].label):
-            model.partial_fit(X)
+        try:
+            (X,) = _arrays([shards[index]], n_features)
+            with _named(shards[index].label):
+                model.partial_fit(X)
+        except ValueError as exc:
+            # Values are read as each shard's turn comes (a NaN, a divergence): the
+            # model stands as before the shard, which --resume can go on from.
+            if getattr(model, "n_samples_seen_", 0) == seen:
+                raise
+            save_model(model)
+            raise ValueError(
+                f"{exc} The model of the shards before it is saved: --resume goes on from "
+                "that shard."
+            ) from exc
         if index < len(shards) - 1:
             continue
         # The mean of the pass's shard losses, weighted by their rows, as fit's epochs.

@@ -349,6 +349,9 @@ def bad_data(X, tmp_path):
     (tmp_path / "nan").mkdir()
     np.save(tmp_path / "nan" / "00.npy", X)
     np.save(tmp_path / "nan" / "01.npy", np.where(np.eye(*X.shape, dtype=bool), np.nan, X))
+    (tmp_path / "nan_first").mkdir()
+    np.save(tmp_path / "nan_first" / "00.npy", np.load(tmp_path / "nan" / "01.npy"))
+    np.save(tmp_path / "nan_first" / "01.npy", X)
     np.savez_compressed(tmp_path / "damaged.npz", X)
     damaged = bytearray((tmp_path / "damaged.npz").read_bytes())
     # Within the first deflate block's Huffman tables, so that zlib itself fails: damage
@@ -404,9 +407,9 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
             "MODEL_DIR /proc is not writable",
             marks=pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux's /proc"),
         ),
-        # Values are checked as each shard's turn to train comes: the error names it.
-        (["fit", "{tmp}/nan", "-o", "{tmp}/sae"], "01.npy: Input X contains NaN"),
         (["evaluate", "{model}", "{tmp}/nan"], "01.npy: Input X contains NaN"),
+        # A run's first shard fails: nothing trained, nothing to save.
+        (["fit", "{tmp}/nan_first", "-o", "{tmp}/sae"], "00.npy: Input X contains NaN"),
         (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
         (["evaluate", "{tmp}", "{npy}"], "config.json"),
         (["evaluate", "{model}", "{tmp}/narrow.npy"], "8 features"),
@@ -454,6 +457,24 @@ def test_a_shard_of_no_real_numbers_is_refused_before_any_trains(
     assert trained == []
     err = capsys.readouterr().err
     assert f"{file} holds {bad.dtype} values" in err and err.count("\n") == 1
+
+
+def test_a_shard_whose_values_fail_names_it_and_saves_the_shards_before(data, X, tmp_path, capsys):
+    """Values are read as each shard's turn comes: a NaN in the second shard of a pass
+    is found after the first has trained, which --resume goes on from once it is fixed."""
+    shutil.copytree(data["directory"], tmp_path / "shards")
+    good = np.load(tmp_path / "shards" / "01.npy")
+    np.save(tmp_path / "shards" / "01.npy", np.where(good > 1, np.nan, good))
+    argv = ["fit", str(tmp_path / "shards"), "-o", str(tmp_path / "sae"), "--max-iter", "2"]
+    assert main([*argv, *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "01.npy: Input X contains NaN" in err
+    assert "The model of the shards before it is saved: --resume goes on" in err
+    first_shard = len(np.load(tmp_path / "shards" / "00.npy"))
+    assert sksae.load(tmp_path / "sae").n_samples_seen_ == first_shard
+    np.save(tmp_path / "shards" / "01.npy", good)
+    assert main([*argv, "--resume"]) == 0
+    assert sksae.load(tmp_path / "sae").n_samples_seen_ == 2 * len(X)
 
 
 def test_model_dir_may_lie_below_data(data, tmp_path):
