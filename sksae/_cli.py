@@ -531,13 +531,13 @@ def _checked_header(label, shape, dtype, n_features):
 
 
 @contextmanager
-def _named(label):
-    """Report an error about the file ``label`` (one that cannot be read: empty,
-    truncated, not what its name says; or whose values the estimator refuses) as a
-    ``ValueError`` that names it."""
+def _named(label, errors=(OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)):
+    """Report an error of the types ``errors`` about the file ``label`` (one that
+    cannot be read: empty, truncated, not what its name says; or whose values the
+    estimator refuses) as a ``ValueError`` that names it."""
     try:
         yield
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+    except errors as exc:
         message = str(exc)
         raise ValueError(message if str(label) in message else f"{label}: {message}") from exc
 
@@ -616,10 +616,10 @@ def _fit_command(args):
         save_model(model)
     except KeyboardInterrupt:
         return _save_interrupted(model, model_dir, save_model)
-    except BaseException:
-        if created and not any(model_dir.iterdir()):
-            model_dir.rmdir()  # a failed run leaves no empty MODEL_DIR behind
-        raise
+    finally:
+        # A run that saved nothing, failed or interrupted, leaves no empty MODEL_DIR.
+        if created and model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()
     print(f"Saved the model to {model_dir} ({trained}, loss {loss:.5g}).")
     return 0
 
@@ -654,7 +654,10 @@ def _fit_array(model, shards, args, save_model):
         # than one fit, which the callback checkpoints without changing it.
         callbacks.append(_Checkpoint(save_model, args.checkpoint_every))
     model.set_callbacks(*callbacks)
-    model.fit(X)
+    # fit reads the values: a NaN names the file. Not an OSError, which a checkpoint's
+    # saving raises, about MODEL_DIR.
+    with _named(shards[0].label, errors=ValueError):
+        model.fit(X)
     return model.loss_curve_[-1]
 
 

@@ -222,6 +222,17 @@ def test_ctrl_c_saves_the_last_completed_epoch(data, tmp_path, monkeypatch, caps
     assert "interrupted; saved" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("source", ["npy", "directory"])
+def test_ctrl_c_before_anything_trained_saves_nothing_and_leaves_no_model_dir(
+    data, tmp_path, monkeypatch, capsys, source
+):
+    _interrupt_pass(monkeypatch, 1)
+    out = tmp_path / "sae"
+    assert main(["fit", str(data[source]), "-o", str(out), *SMALL]) == 130
+    assert "nothing to save" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "options, interrupted_call, calls, n_iter",
     [
@@ -408,6 +419,7 @@ def test_k_above_n_components_is_warned_of_once(data, tmp_path):
             marks=pytest.mark.skipif(not Path("/proc").is_dir(), reason="Linux's /proc"),
         ),
         (["evaluate", "{model}", "{tmp}/nan"], "01.npy: Input X contains NaN"),
+        (["fit", "{tmp}/nan/01.npy", "-o", "{tmp}/sae"], "01.npy: Input X contains NaN"),
         # A run's first shard fails: nothing trained, nothing to save.
         (["fit", "{tmp}/nan_first", "-o", "{tmp}/sae"], "00.npy: Input X contains NaN"),
         (["fit", "{directory}", "-o", "{directory}"], "is DATA"),
