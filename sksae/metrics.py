@@ -226,7 +226,7 @@ def _checked_matrix(A, name):
         # LIL's data holds lists, DOK has none, DIA's pads its diagonals past the matrix.
         A = A.tocsr()
     elif not sp.issparse(A):
-        A = np.asarray(A)
+        A = _as_array(A)
     if A.ndim != 2 or 0 in A.shape:
         raise ValueError(
             f"{name} must be a 2-D array with at least one row and one column, got shape {A.shape}."
@@ -237,6 +237,19 @@ def _checked_matrix(A, name):
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise ValueError(f"{name} holds NaN or infinity.")
     return A
+
+
+def _as_array(A):
+    """``A`` as a numpy array. A DataFrame of pandas's nullable dtypes (``Float32``,
+    ``Int64``, ``boolean``), which numpy reads as objects, takes their numpy dtypes, and
+    a missing value (``pd.NA``) becomes NaN, which the checks refuse."""
+    dtypes = [getattr(dtype, "numpy_dtype", dtype) for dtype in getattr(A, "dtypes", [])]
+    if not dtypes or not all(isinstance(d, np.dtype) and d.kind in "biuf" for d in dtypes):
+        return np.asarray(A)
+    dtype = np.result_type(*dtypes)
+    if A.isna().to_numpy().any():
+        dtype = np.result_type(dtype, np.float16)  # the least float that holds NaN
+    return A.to_numpy(dtype=dtype, na_value=np.nan)
 
 
 def _canonical(A):

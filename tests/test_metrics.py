@@ -228,6 +228,21 @@ def test_code_metrics_take_lists_and_dataframes():
     assert compression_ratio(X, pd.DataFrame(codes)) == compression_ratio(X.to_numpy(), codes)
 
 
+def test_metrics_take_dataframes_of_nullable_dtypes():
+    """numpy reads pandas's nullable dtypes as objects: they were refused as not numbers."""
+    pd = pytest.importorskip("pandas")
+    X = np.array([[1.0, 0.0, 2.0], [-1.0, 3.0, 0.0]], dtype=np.float32)
+    codes = np.array([[0, 2, 0, 0], [1, 0, 0, 5]])
+    assert fvu(pd.DataFrame(X, dtype="Float32"), 0.5 * X) == fvu(X, 0.5 * X)
+    assert l0(pd.DataFrame(codes, dtype="Int64")) == l0(codes) == 1.5
+    assert code_bytes(pd.DataFrame(X, dtype="Float32")) == code_bytes(X)
+    assert mmcs(pd.DataFrame(X, dtype="Float64"), X) == pytest.approx(1.0)
+    # A missing value is refused as NaN is, whatever the column's dtype.
+    for dtype in ["Float64", "Int64"]:
+        with pytest.raises(ValueError, match="X holds NaN"):
+            fvu(pd.DataFrame([[1, None], [0, 2]], dtype=dtype), X[:, :2])
+
+
 def test_mmcs_rejects_empty_directions():
     with pytest.raises(ValueError, match="learned_directions must be a 2-D array"):
         mmcs(np.eye(2), np.zeros((0, 2)))
