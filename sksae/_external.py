@@ -393,9 +393,10 @@ def _from_saelens(directory):
         kwargs = cfg.get("activation_fn_kwargs") or {}
         if not isinstance(kwargs, dict):
             raise ValueError(f"{cfg_file}: activation_fn_kwargs={kwargs!r} is not an object.")
-        k = cfg.get("k", kwargs.get("k"))
-        if k is None:
+        source = cfg if cfg.get("k") is not None else kwargs  # v6's, or v5's
+        if source.get("k") is None:
             raise ValueError(f"{cfg_file} describes a TopK SAE but gives no k.")
+        k = _positive_int(source, "k", cfg_file)
     return _estimator(
         weights_file,
         dtype=dtype,
@@ -494,7 +495,10 @@ def _from_dictionary_learning(directory):
     k = None
     if "k" in weights:
         # As from_pretrained: the configuration's k must be the one saved with the weights.
-        k = int(weights["k"])
+        stored = weights["k"]
+        if stored.dtype.kind not in "iu" or stored.size != 1 or stored.item() < 1:
+            raise ValueError(f"{weights_file}: k={stored!r} is not a positive integer.")
+        k = stored.item()
         if trainer.get("k", k) != k:
             raise ValueError(f"{config_file} gives k={trainer['k']!r}, but {weights_file} k={k}.")
     return _estimator(

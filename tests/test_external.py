@@ -864,12 +864,21 @@ def test_inconsistent_configurations(tmp_path, rng):
     _saelens_checkpoint(tmp_path / "c", rng, {**_SAELENS_V6, "architecture": "topk"})
     with pytest.raises(ValueError, match="gives no k"):
         load_external(tmp_path / "c", "saelens")
+    # A k that is no count is named in the file that gives it, as sparsify's d_in is.
+    _saelens_checkpoint(tmp_path / "c", rng, {**_SAELENS_V6, "architecture": "topk", "k": 4.0})
+    with pytest.raises(ValueError, match=r"cfg\.json: k=4\.0 is not a positive integer"):
+        load_external(tmp_path / "c", "saelens")
     _saelens_checkpoint(tmp_path / "d", rng, _SAELENS_V5, ("scaling_factor",))
     with pytest.raises(ValueError, match="does not set finetuning_scaling_factor"):
         load_external(tmp_path / "d", "saelens")
     _dictionary_learning_checkpoint(tmp_path / "e", rng, "AutoEncoderTopK", {"k": K + 1})
     with pytest.raises(ValueError, match=r"gives k=5, but .* k=4"):
         load_external(tmp_path / "e", "dictionary_learning")
+    state = torch.load(tmp_path / "e" / "ae.pt", weights_only=True)
+    for k in [4.7, float("inf"), float("nan"), 0]:
+        torch.save({**state, "k": torch.tensor(k)}, tmp_path / "e" / "ae.pt")
+        with pytest.raises(ValueError, match=r"ae\.pt: k=.* is not a positive integer"):
+            load_external(tmp_path / "e", "dictionary_learning")
     (tmp_path / "f").mkdir()
     _write_json(tmp_path / "f" / "config.json", {"buffer": {}})
     with pytest.raises(ValueError, match="no 'trainer' entry"):
