@@ -23,6 +23,7 @@ import numpy as np
 from ._outlier import SparseAutoencoderOutlierDetector
 from ._transformer import (
     _CALLBACK_ATTRIBUTES,
+    _FLOAT_DTYPES,
     SparseAutoencoderTransformer,
     _interrupts_held,
     _make_sparsifier,
@@ -554,6 +555,12 @@ def _check_fitted_state(estimator, config_file):
 def _check_weights(estimator, config_file):
     if not (isinstance(estimator.components_, np.ndarray) and estimator.components_.ndim == 2):
         raise ValueError(f"components_ must be a 2-D array in {config_file}")
+    # As a fit gives: float16 weights would train on no data its range can square.
+    if estimator.components_.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f"components_ must be float32 or float64 in {config_file}; it is "
+            f"{estimator.components_.dtype}"
+        )
     n_latents, n_features = estimator.components_.shape
     expected_shapes = [
         (n_latents, n_features),
@@ -565,8 +572,8 @@ def _check_weights(estimator, config_file):
         array = getattr(estimator, name)
         if not isinstance(array, np.ndarray) or array.shape != shape:
             raise ValueError(f"{name} must be an array of shape {shape} in {config_file}")
-        if array.dtype != estimator.components_.dtype or array.dtype.kind != "f":
-            raise ValueError(f"{name} must have the float dtype of components_ in {config_file}")
+        if array.dtype != estimator.components_.dtype:
+            raise ValueError(f"{name} must have the dtype of components_ in {config_file}")
         if not np.isfinite(array).all():
             raise ValueError(f"{name} holds NaN or infinite values in {config_file}")
 

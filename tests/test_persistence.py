@@ -453,6 +453,17 @@ def test_non_finite_weights_are_rejected(models, tmp_path):
         sksae.load(tmp_path)
 
 
+def test_half_precision_weights_are_rejected(models, tmp_path):
+    """No fit gives them, and partial_fit then blamed the data for float16's range."""
+    model = models["topk"]
+    sksae.save(model, tmp_path)
+    names = ["components_", "encoder_weights_", "encoder_bias_", "decoder_bias_"]
+    halved = {name: getattr(model, name).astype(np.float16) for name in names}
+    _edit_config(tmp_path, lambda config: None, arrays=halved)
+    with pytest.raises(ValueError, match=r"components_ must be float32 or float64 in .* float16"):
+        sksae.load(tmp_path)
+
+
 def test_numpy_scalar_parameters_are_saved_as_numbers(superposition_small, tmp_path):
     # As a grid built with np.arange or np.logspace hands them to set_params.
     X = superposition_small[0]
