@@ -2,13 +2,14 @@
 
 import copy
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from sksae._nn import module
-from sksae._nn.batches import DenseRows, map_rows
+from sksae._nn import module, training
+from sksae._nn.batches import DenseRows, map_rows, rows_per_chunk
 from sksae._nn.module import SparseAutoencoder, geometric_median
 from sksae._nn.sparsifiers import (
     _GOLDEN_RATIO,
@@ -743,6 +744,20 @@ def test_the_variance_and_fvu_of_tiny_float32_rows():
     tiny = DenseRows((1e-25 * X).float())
     assert tiny.variance() == pytest.approx(1e-50 * expected[0], rel=1e-5)
     assert evaluate_fvu(model.float(), tiny) == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_evaluate_fvu_bounds_its_codes_not_only_its_rows(monkeypatch):
+    """Chunks were sized by the features: 16 times wider codes took 16 times the memory."""
+    X = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    model = SparseAutoencoder(4, 64, TopK(k=3), dtype=torch.float64)
+    model.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(0))
+    whole = evaluate_fvu(model, DenseRows(X))
+    monkeypatch.setattr(training, "rows_per_chunk", partial(rows_per_chunk, values=64 * 16))
+    chunks = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda x: chunks.append(len(x)) or encode(x))
+    assert evaluate_fvu(model, DenseRows(X)) == pytest.approx(whole, rel=1e-12)
+    assert chunks == [16] * 4
 
 
 def test_map_rows_pads_chunks_and_keeps_row_order():

@@ -619,7 +619,8 @@ def evaluate_fvu(model, X):
     >>> 0 <= evaluate_fvu(sae, DenseRows(X)) <= 1
     True
     """
-    residual, chunk_rows = 0.0, rows_per_chunk(model.W_dec.shape[1])
+    # The codes ([rows, n_latents]) are the chunk's largest tensors, not its rows.
+    residual, chunk_rows = 0.0, rows_per_chunk(max(model.W_dec.shape))
     for start in range(0, len(X), chunk_rows):
         residual += _inference_squared_error(model, X.take(slice(start, start + chunk_rows))).item()
     return _fvu(residual / len(X), X)
