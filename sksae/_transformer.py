@@ -43,6 +43,7 @@ from ._nn.batches import (
     to_tensor,
     training_rows,
 )
+from ._nn.modes import own_modes
 from ._nn.module import SparseAutoencoder, geometric_median
 from ._nn.sparsifiers import SPARSIFIERS, Code
 from ._nn.training import (
@@ -561,7 +562,7 @@ class SparseAutoencoderTransformer(
         """
         warm = self.warm_start and hasattr(self, "components_")
         resumed = self.__dict__.get("_fit_progress") if warm else None
-        with _rollback_on_error(self):
+        with _rollback_on_error(self), own_modes(training=True):
             X, dtype = self._validate_training_data(X, new_model=not warm)
             self._check_sparsifier_params()
             device = self._torch_device()
@@ -910,7 +911,7 @@ class SparseAutoencoderTransformer(
             The estimator, updated.
         """
         first_call = not hasattr(self, "components_")
-        with _rollback_on_error(self):
+        with _rollback_on_error(self), own_modes(training=True):
             # _fit_context validates parameters on the first call only.
             self._validate_params()
             X, dtype = self._validate_training_data(X, new_model=first_call)
@@ -1328,7 +1329,7 @@ class SparseAutoencoderTransformer(
         """``fn(model, rows)`` over ``X`` in chunks, the model in the dtype of ``X``."""
         device = self._torch_device(cpu_without_gpu=True)
         model = self._module(device, dtype=X.dtype)
-        with torch.inference_mode():
+        with own_modes(training=False):
             return map_rows(lambda chunk: fn(model, chunk), X, device=device)
 
     def _validate_input(self, X):
@@ -1365,7 +1366,7 @@ class SparseAutoencoderTransformer(
         encode = self._encoder()
         device = self._torch_device(cpu_without_gpu=True)
         model = self._module(device, dtype=X.dtype)
-        with torch.inference_mode():
+        with own_modes(training=False):
             chunk_codes = map_chunks(partial(encode, model), X, device=device)
             if not self.sparse_output:
                 return _dense_codes(chunk_codes, X.shape[0], model.n_latents, model.W_enc.dtype)

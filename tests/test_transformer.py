@@ -4,6 +4,7 @@ import itertools
 import pickle
 import signal
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -75,6 +76,33 @@ def test_fit_leaves_global_torch_rng_untouched(superposition_small):
     torch.manual_seed(123)
     _sae(random_state=None).fit(X)
     np.testing.assert_array_equal(torch.rand(5).numpy(), expected.numpy())
+
+
+@pytest.mark.parametrize(
+    "caller_mode",
+    [
+        torch.no_grad,
+        torch.inference_mode,
+        partial(torch.autocast, "cpu", dtype=torch.bfloat16),
+    ],
+    ids=["no_grad", "inference_mode", "autocast"],
+)
+@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
+def test_torch_modes_of_the_caller_change_nothing(superposition_small, caller_mode, activation):
+    """Activations collected under no_grad or inference_mode, then fitted in the same
+    block: training failed for want of gradients. A caller's autocast ran the products
+    in bfloat16."""
+    X = superposition_small[0].astype(np.float32)
+    with caller_mode():
+        sae = _sae(activation=activation).fit(X).partial_fit(X)
+        codes = sae.transform(X)
+        outputs = [codes, sae.inverse_transform(codes), sae.score_samples(X)]
+    expected = _sae(activation=activation).fit(X).partial_fit(X)
+    codes = expected.transform(X)
+    twins = [codes, expected.inverse_transform(codes), expected.score_samples(X)]
+    np.testing.assert_array_equal(sae.components_, expected.components_)
+    for output, twin in zip(outputs, twins, strict=True):
+        np.testing.assert_array_equal(output, twin)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
