@@ -1,5 +1,6 @@
 """The torch backend on its own: module algebra, sparsifiers and the training loop."""
 
+import contextlib
 import copy
 import math
 from functools import partial
@@ -744,6 +745,22 @@ def test_the_variance_and_fvu_of_tiny_float32_rows():
     tiny = DenseRows((1e-25 * X).float())
     assert tiny.variance() == pytest.approx(1e-50 * expected[0], rel=1e-5)
     assert evaluate_fvu(model.float(), tiny) == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_bfloat16_steps_read_the_weights_of_their_own_step():
+    """autocast keeps its casts of weights until its outermost region ends: within
+    another (a caller's, or own_modes'), each step decoded with the first step's."""
+    X = torch.randn(128, 6, generator=torch.Generator().manual_seed(0))
+
+    def trained(outer_region):
+        model = _model(ReLU()).float()  # a dense code: the decoder runs under autocast
+        trainer = Trainer(model, learning_rate=1e-2, autocast_dtype=torch.bfloat16)
+        with outer_region:
+            trainer.run_epoch(DenseRows(X), batch_size=32)
+        return model.W_dec.detach()
+
+    alone = trained(contextlib.nullcontext())
+    assert torch.equal(trained(torch.autocast("cpu", enabled=False)), alone)
 
 
 def test_evaluate_fvu_bounds_its_codes_not_only_its_rows(monkeypatch):

@@ -87,17 +87,22 @@ def test_fit_leaves_global_torch_rng_untouched(superposition_small):
     ],
     ids=["no_grad", "inference_mode", "autocast"],
 )
-@pytest.mark.parametrize("activation", ["topk", "jumprelu"])
-def test_torch_modes_of_the_caller_change_nothing(superposition_small, caller_mode, activation):
+@pytest.mark.parametrize(
+    "params",
+    [{"activation": "topk"}, {"activation": "jumprelu"}, {"autocast_dtype": "bfloat16"}],
+    ids=["topk", "jumprelu", "topk-bfloat16"],
+)
+def test_torch_modes_of_the_caller_change_nothing(superposition_small, caller_mode, params):
     """Activations collected under no_grad or inference_mode, then fitted in the same
     block: training failed for want of gradients. A caller's autocast ran the products
-    in bfloat16."""
+    in bfloat16, and within it, the fit's own bfloat16 products read weights cast at an
+    earlier step (autocast's cache, cleared on leaving the outermost region alone)."""
     X = superposition_small[0].astype(np.float32)
     with caller_mode():
-        sae = _sae(activation=activation).fit(X).partial_fit(X)
+        sae = _sae(**params).fit(X).partial_fit(X)
         codes = sae.transform(X)
         outputs = [codes, sae.inverse_transform(codes), sae.score_samples(X)]
-    expected = _sae(activation=activation).fit(X).partial_fit(X)
+    expected = _sae(**params).fit(X).partial_fit(X)
     codes = expected.transform(X)
     twins = [codes, expected.inverse_transform(codes), expected.score_samples(X)]
     np.testing.assert_array_equal(sae.components_, expected.components_)

@@ -295,7 +295,12 @@ class Trainer:
 
     def _low_precision(self, device, enabled=True):
         enabled = enabled and self.autocast_dtype is not None
-        return torch.autocast(device.type, dtype=self.autocast_dtype, enabled=enabled)
+        # No cache of cast weights: autocast clears it on leaving its outermost region
+        # alone, and within another (the caller's, or own_modes') the optimiser's
+        # updates would meet last step's bfloat16 copies.
+        return torch.autocast(
+            device.type, dtype=self.autocast_dtype, enabled=enabled, cache_enabled=False
+        )
 
     def _auxk_code(self, x, pre):
         """The dead latents' code that AuxK reconstructs the residual from.
