@@ -1580,6 +1580,10 @@ def _check_magnitude(X, name, dtype=None):
         # is the validated X, whose duplicates later steps may sum too.
         X = X.copy()
     largest = largest_magnitude(X)
+    if math.isnan(largest):
+        # Where scikit-learn's assume_finite skipped its check: found at no cost, which
+        # training would report as a divergence, and transform as NaN codes.
+        raise ValueError(f"Input {name} contains NaN.")
     dtype = np.dtype(X.dtype if dtype is None else dtype).newbyteorder("=")
     bound = math.sqrt(np.finfo(dtype).max / (1e3 * X.shape[1]))
     if largest > bound:
@@ -1610,11 +1614,12 @@ def _mean_row_norm(X):
     """The mean Euclidean norm of the rows of ``X`` (dense or scipy.sparse)."""
     # In float64 and in units of the largest value, a chunk at a time: the squares of
     # float32 values below about 1e-19 underflow (at 1e-25 every norm came out 0), and
-    # those of float64 values below about 1e-154.
+    # those of float64 values below about 1e-154. Dense chunks: sparse rows are summed
+    # in another order, and a fit on a sparse X would not be its dense twin's.
     scale = largest_magnitude(X) or 1.0
     chunk_rows = rows_per_chunk(X.shape[1])
     norm_sum = sum(
-        row_norms(X[start : start + chunk_rows].astype(np.float64) / scale).sum()
+        row_norms(as_dense(X[start : start + chunk_rows]).astype(np.float64) / scale).sum()
         for start in range(0, X.shape[0], chunk_rows)
     )
     return float(norm_sum / X.shape[0] * scale)

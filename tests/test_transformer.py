@@ -482,6 +482,21 @@ def test_pursuit_parameters_are_checked(superposition_small, params, match):
     assert _state(fitted) == state
 
 
+@pytest.mark.parametrize("container", [np.asarray, sp.csr_array], ids=["dense", "csr"])
+def test_nan_is_named_where_assume_finite_skips_the_check(superposition_small, container):
+    """It was reported as a divergence, blaming the learning rate."""
+    X = superposition_small[0].copy()
+    X[3, 2] = np.nan
+    X = container(X)
+    fitted = _sae().fit(superposition_small[0])
+    state = _state(fitted)
+    with sklearn.config_context(assume_finite=True):
+        for call in [_sae().fit, fitted.partial_fit, fitted.transform, fitted.score_samples]:
+            with pytest.raises(ValueError, match=r"^Input X contains NaN\.$"):
+                call(X)
+    assert _state(fitted) == state
+
+
 def test_feature_density_counts_firings_of_the_last_epoch(superposition_small):
     X, _ = superposition_small
     sae = _sae(k=3, n_components=512).fit(X)
@@ -900,6 +915,18 @@ def test_sparse_input_gives_the_model_of_its_dense_twin(activation):
     assert sparse.score(X_sparse) == pytest.approx(dense.score(X), rel=1e-9)
     sparse.partial_fit(X_sparse[:500])
     assert sparse.n_iter_ == dense.n_iter_ + 1
+
+
+def test_sparse_input_gets_the_input_scale_of_its_dense_twin():
+    # Sparse rows' norms summed their squares in another order: 1.0313520269601468
+    # against 1.031352026960147, and every weight after it differed.
+    X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32).astype(np.float64)
+    X[np.abs(X) < 0.5] = 0
+    dense = _sae(normalize_input="mean_norm", max_iter=1).fit(X)
+    for fmt in [sp.csr_array, sp.csc_matrix, sp.coo_array]:
+        sparse = _sae(normalize_input="mean_norm", max_iter=1).fit(fmt(X))
+        assert sparse.input_scale_ == dense.input_scale_
+        np.testing.assert_array_equal(sparse.components_, dense.components_)
 
 
 @pytest.mark.parametrize("fmt", [sp.csr_array, sp.csc_matrix])
