@@ -45,10 +45,17 @@ TORCH_INT_MAX = 2**63 - 1
 class Integers(Interval):
     """The integers from ``left`` on (up to ``right``), as a parameter constraint.
 
+    Python's, and numpy's of 64 bits: under NumPy 2 arithmetic with a narrower numpy
+    integer stays in its width, and the counts of steps and rows made from it overflow
+    (``max_iter=np.int16(600)`` planned a negative number of steps).
+
     Examples
     --------
+    >>> import numpy as np
     >>> from sksae._validation import Integers
     >>> Integers(1).is_satisfied_by(2), Integers(1).is_satisfied_by(True)
+    (True, False)
+    >>> Integers(1).is_satisfied_by(np.int64(600)), Integers(1).is_satisfied_by(np.int16(600))
     (True, False)
     >>> str(Integers(1)), str(Integers(0, 10))
     ('an int in the range [1, inf)', 'an int in the range [0, 10]')
@@ -58,7 +65,8 @@ class Integers(Interval):
         super().__init__(Integral, left, right, closed="both" if right is not None else "left")
 
     def is_satisfied_by(self, val):
-        return is_int(val) and super().is_satisfied_by(val)
+        narrow = isinstance(val, np.integer) and val.dtype.itemsize < 8
+        return is_int(val) and not narrow and super().is_satisfied_by(val)
 
 
 class Reals(Interval):
