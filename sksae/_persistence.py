@@ -9,6 +9,7 @@ run code when read: the safetensors format is a JSON header followed by raw litt
 bytes, which this module reads and writes itself with numpy (the files open with the
 ``safetensors`` library too), and the JSON names the class among a fixed set."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
+from ._nn.training import Schedule
 from ._outlier import SparseAutoencoderOutlierDetector
 from ._transformer import (
     _CALLBACK_ATTRIBUTES,
@@ -193,8 +196,10 @@ def load(path):
     file must match the digest the other records of it, every array must have the dtype
     and shape its JSON reference records, and the fitted state must be one that a fit
     gives: the attributes save writes and no others, weights that fit together (shapes,
-    dtypes, finite values), and the activation's parameters and thresholds fitting the
-    weights; anything else is a ``ValueError`` that says what is wrong.
+    float32 or float64, finite values), the activation's parameters and thresholds
+    fitting the weights, and a training state that continues them (Adam's moments of
+    their shapes, the progress of an interrupted fit); anything else is a ``ValueError``
+    that says what is wrong.
 
     Parameters
     ----------
@@ -433,8 +438,67 @@ def _are_training_units(units, estimator):
     )
 
 
+def _is_fit_progress(progress):
+    """Whether ``progress`` is what ``fit`` records after an epoch to resume from."""
+    required = {"seed", "n_samples", "epoch", "generator", "schedule", "plateau"}
+    # Unknown to the first versions of sksae that resumed fits: params, data_digest.
+    if not (
+        isinstance(progress, dict)
+        and required <= progress.keys() <= required | {"params", "data_digest"}
+    ):
+        return False
+    generator, schedule, plateau = (progress[name] for name in ["generator", "schedule", "plateau"])
+    return (
+        _is_count(progress["seed"])
+        and _is_count(progress["n_samples"])
+        and progress["n_samples"] > 0
+        and _is_count(progress["epoch"])
+        and (generator is None or _is_generator_state(generator))
+        and _is_schedule(schedule)
+        and isinstance(plateau, tuple | list)
+        and len(plateau) == 2
+        and is_real(plateau[0])
+        and not math.isnan(plateau[0])
+        and _is_count(plateau[1])
+        and isinstance(progress.get("params", {}), dict)
+        and isinstance(progress.get("data_digest"), str | None)
+    )
+
+
+def _is_generator_state(state):
+    return (
+        isinstance(state, np.ndarray)
+        and state.dtype == np.uint8
+        and state.shape == tuple(torch.Generator().get_state().shape)
+    )
+
+
+def _is_schedule(schedule):
+    """Whether ``schedule`` holds the fields of a training ``Schedule``: step counts, a
+    warm-up start, and a decay's start or None."""
+    # alpha_warmup_steps: alpha_warmup_end's name in checkpoints saved mid-stream before.
+    names = {field.name for field in dataclasses.fields(Schedule)} | {"alpha_warmup_steps"}
+    return (
+        isinstance(schedule, dict)
+        and schedule.keys() <= names
+        and all(
+            (name == "decay_start" and value is None) or (is_real(value) and 0 <= value < math.inf)
+            for name, value in schedule.items()
+        )
+    )
+
+
+def _is_trainer_state(state, estimator):
+    """Whether ``state`` is None or continues training the model; a ``ValueError`` says
+    what is wrong with it."""
+    problem = None if state is None else estimator._trainer_state_problem(state)
+    if problem is not None:
+        raise ValueError(problem)
+    return True
+
+
 #: The fitted state of a transformer but its weights, in the order of the checks: a test
-#: may rely on the entries before it.
+#: may rely on the entries before it. A test may raise a ValueError that says what fails.
 _STATE = {
     "n_features_in_": _Entry(
         "the number of columns of components_",
@@ -476,10 +540,10 @@ _STATE = {
         "None or a number", lambda value, _: value is None or is_real(value)
     ),
     # partial_fit and a warm fit read the training state and the progress of an
-    # interrupted fit, and refuse what does not match the model.
+    # interrupted fit.
     "_trainer_state": _Entry(
-        "None or a dict",
-        lambda value, _: value is None or isinstance(value, dict),
+        "None or a state that continues training the model",
+        _is_trainer_state,
         optional=True,  # an imported model has none
     ),
     # Unknown to the first versions of sksae, as the detector's _offset_coder:
@@ -487,7 +551,10 @@ _STATE = {
         "a non-negative int", lambda value, _: _is_count(value), optional=True
     ),
     "_fit_progress": _Entry(
-        "None or a dict", lambda value, _: value is None or isinstance(value, dict), optional=True
+        "None or the progress of an interrupted fit (seed, n_samples, epoch, generator, "
+        "schedule and plateau; params and data_digest)",
+        lambda value, _: value is None or _is_fit_progress(value),
+        optional=True,
     ),
     "_training_units": _Entry(
         "None or a dict of arrays of the dtype and shape of the fitted arrays they name",
@@ -540,11 +607,14 @@ def _check_fitted_state(estimator, config_file):
     _check_weights(estimator, config_file)
     state = vars(estimator)
     for name, entry in _STATE_OF[type(estimator)].items():
-        if name in state and not entry.test(state[name], estimator):
-            raise ValueError(
-                f"{config_file}: {name} must be {entry.requirement}; it is "
-                f"{_described(state[name])}."
-            )
+        if name not in state:
+            continue
+        try:
+            valid, found = entry.test(state[name], estimator), f"it is {_described(state[name])}"
+        except ValueError as exc:
+            valid, found = False, str(exc)
+        if not valid:
+            raise ValueError(f"{config_file}: {name} must be {entry.requirement}; {found}.")
     if "threshold_" not in state and _initial_threshold(estimator) is not None:
         raise ValueError(
             f"{config_file} lacks the fitted attribute threshold_, which activation="

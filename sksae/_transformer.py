@@ -55,6 +55,7 @@ from ._nn.training import (
     TrainingDiverged,
     cpu_multiplies_bfloat16,
     evaluate_fvu,
+    state_problem,
     tree_map,
 )
 from ._validation import TORCH_INT_MAX, Integers, Reals
@@ -1024,6 +1025,18 @@ class SparseAutoencoderTransformer(
                 # Before the first step, whose gradient projection assumes unit rows.
                 model.normalize_decoder()
         return self._new_trainer(model, None, state)
+
+    def _trainer_state_problem(self, state):
+        """Why ``state`` (a saved ``_trainer_state``) cannot continue training the fitted
+        model, or None where it can; read without a copy of the model's weights."""
+        n_latents, n_features = self.components_.shape
+        sparsifier = _make_sparsifier(self._fitted_sparsifier_params)
+        dtype = getattr(torch, self.components_.dtype.name)
+        model = SparseAutoencoder(n_features, n_latents, sparsifier, dtype=dtype, device="meta")
+        with warnings.catch_warnings():
+            # Read-only arrays (a loaded file's) are only read.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return state_problem(tree_map(torch.from_numpy, state, np.ndarray), model)
 
     def _warn_of_emulated_autocast(self, device, dtype):
         """Warn where ``autocast_dtype`` would slow training down: on a CPU that emulates

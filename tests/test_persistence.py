@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import sksae
-from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer
+from sksae import SparseAutoencoderOutlierDetector, SparseAutoencoderTransformer, _persistence
 from sksae._persistence import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -365,6 +365,85 @@ def test_save_refuses_what_load_would_and_leaves_the_directory_as_it_was(
     with pytest.raises(ValueError, match=match):
         sksae.save(model, tmp_path)
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
+
+
+def _moments(model, index):
+    return model._trainer_state["optimizer"]["state"][index]
+
+
+@pytest.mark.parametrize(
+    "model, spoil, match",
+    [
+        ("topk", lambda m: setattr(m, "_trainer_state", {}), "must be a dict of auxk_dead"),
+        (
+            "topk",
+            lambda m: m._trainer_state.update(steps_since_fired=np.zeros(3, np.int64)),
+            "steps_since_fired must be 64 int64 step counts",
+        ),
+        (
+            "topk",
+            lambda m: _moments(m, 0).update(exp_avg=_moments(m, 0)["exp_avg"].T.copy()),
+            r"parameter 0 must hold .* its shape \(64, 16\)",
+        ),
+        (
+            "topk",
+            lambda m: _moments(m, 2).update(exp_avg_sq=-_moments(m, 2)["exp_avg_sq"]),
+            "parameter 2 must hold",
+        ),
+        (
+            "topk",
+            lambda m: m._trainer_state["optimizer"]["param_groups"][0].update(betas=(2.0, 3.0)),
+            "one group of the 4 parameters, with a trainer's Adam options",
+        ),
+        # JumpReLU's thresholds are a fifth parameter, in float64 whatever the model's.
+        (
+            "jumprelu",
+            lambda m: _moments(m, 4).update(exp_avg=_moments(m, 4)["exp_avg"].astype(np.float32)),
+            r"parameter 4 must hold .* its shape \(64,\) and dtype",
+        ),
+        ("topk", lambda m: setattr(m, "_fit_progress", {}), "_fit_progress must be None or"),
+        (
+            "topk",
+            lambda m: setattr(
+                m,
+                "_fit_progress",
+                {
+                    "seed": 0,
+                    "n_samples": 100,
+                    "epoch": 1,
+                    "generator": np.zeros(16, np.uint8),
+                    "schedule": {},
+                    "plateau": (1.0, 0),
+                },
+            ),
+            "_fit_progress must be None or",
+        ),
+    ],
+)
+def test_a_training_state_no_fit_gives_is_rejected(
+    models, tmp_path, monkeypatch, model, spoil, match
+):
+    """partial_fit and a warm fit read it: they crashed on a KeyError or a shape
+    mismatch, or trained on moments of another shape."""
+    model = pickle.loads(pickle.dumps(models[model]))
+    spoil(model)
+    with pytest.raises(ValueError, match=match):
+        sksae.save(model, tmp_path)
+    # Written unchecked, as a crafted file, or another writer, would be.
+    with monkeypatch.context() as patch:
+        patch.setattr(_persistence, "_check_fitted_state", lambda *args: None)
+        sksae.save(model, tmp_path)
+    with pytest.raises(ValueError, match=match):
+        sksae.load(tmp_path)
+
+
+def test_a_training_state_no_fit_gives_trains_nothing(models, superposition_small):
+    model = pickle.loads(pickle.dumps(models["topk"]))
+    model._trainer_state["steps_since_fired"] = np.zeros(3, np.int64)
+    before = pickle.dumps(vars(model))
+    with pytest.raises(ValueError, match="This training state cannot continue the model"):
+        model.partial_fit(superposition_small[0])
+    assert pickle.dumps(vars(model)) == before
 
 
 def test_ctrl_c_between_the_files_of_a_save_holds_until_both_are_in_place(

@@ -5,6 +5,7 @@ clocks live on the device and are read once per pass over the data.
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -197,7 +198,7 @@ class Trainer:
         #: Learning-rate and alpha multipliers; the caller may replace it between steps.
         self.schedule = schedule or Schedule()
         self.auxk = auxk
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate, fused=True)
+        self.optimizer = _adam(model.parameters(), learning_rate)
         device = model.W_dec.device
         self.n_steps = 0
         self.steps_since_fired = torch.zeros(model.n_latents, dtype=torch.int64, device=device)
@@ -470,6 +471,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state):
+        problem = state_problem(state, self.model)
+        if problem is not None:
+            raise ValueError(f"This training state cannot continue the model: {problem}.")
         self.optimizer.load_state_dict(state["optimizer"])
         self.n_steps = state["n_steps"]
         self.steps_since_fired = state["steps_since_fired"].to(self.steps_since_fired.device)
@@ -477,6 +481,111 @@ class Trainer:
         # them up at once.
         if state.get("auxk_dead") is not None and self.auxk is not None:
             self._set_auxk_dead(state["auxk_dead"].to(self.steps_since_fired.device))
+
+
+def _adam(parameters, learning_rate):
+    return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
+
+
+def state_problem(state, model):
+    """Why ``state`` cannot continue training ``model``, or None where it can.
+
+    ``state`` is a :meth:`Trainer.state_dict`, perhaps read from a file that another
+    writer made: its Adam moments must have the shapes and dtypes of the parameters of
+    ``model`` (in their order), and be finite, the second ones non-negative; its Adam
+    options those of a trainer's; its clocks one per latent. Only the parameters' shapes
+    and dtypes are read: ``model`` may be on the meta device.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sksae._nn.module import SparseAutoencoder
+    >>> from sksae._nn.sparsifiers import TopK
+    >>> from sksae._nn.training import Trainer, state_problem
+    >>> sae = SparseAutoencoder(4, 8, TopK(k=2))
+    >>> state = Trainer(sae, learning_rate=1e-3).state_dict()
+    >>> state_problem(state, sae) is None
+    True
+    >>> state_problem(state, SparseAutoencoder(4, 6, TopK(k=2), device="meta"))
+    'steps_since_fired must be 6 int64 step counts, one per latent'
+    """
+    entries = {"optimizer", "n_steps", "steps_since_fired", "auxk_dead"}
+    # auxk_dead: unknown to states saved before AuxK kept its candidates.
+    if not isinstance(state, dict) or not entries - {"auxk_dead"} <= state.keys() <= entries:
+        return f"it must be a dict of {', '.join(sorted(entries))}"
+    n_latents = model.n_latents
+    if not _is_count(state["n_steps"]):
+        return "n_steps must be a non-negative int"
+    if not _is_tensor(state["steps_since_fired"], (n_latents,), torch.int64, minimum=0):
+        return f"steps_since_fired must be {n_latents} int64 step counts, one per latent"
+    auxk_dead = state.get("auxk_dead")
+    if auxk_dead is not None and not _is_tensor(auxk_dead, (n_latents,), torch.bool):
+        return f"auxk_dead must be None or {n_latents} booleans, one per latent"
+    return _adam_state_problem(state["optimizer"], list(model.parameters()))
+
+
+def _adam_state_problem(state, parameters):
+    """Why ``state``, an Adam ``state_dict``, cannot continue ``parameters``, or None."""
+    if not isinstance(state, dict) or state.keys() != {"state", "param_groups"}:
+        return "the optimizer's state must be a dict of state and param_groups"
+    groups = state["param_groups"]
+    # Options as a trainer's Adam's (betas, eps, ...); torch supplies those it added since.
+    options = _adam([torch.zeros(1)], 0.0).param_groups[0]
+    if not (
+        isinstance(groups, list | tuple)
+        and len(groups) == 1
+        and isinstance(group := groups[0], dict)
+        and group.get("params") == list(range(len(parameters)))
+        and all(
+            group[name] == options[name]
+            for name in group.keys() & options.keys() - {"lr", "params"}
+        )
+        and _is_rate(group.get("lr"))
+    ):
+        return (
+            f"the optimizer's param_groups must be one group of the {len(parameters)} "
+            "parameters, with a trainer's Adam options"
+        )
+    moments = state["state"]
+    if not isinstance(moments, dict) or not moments.keys() <= set(range(len(parameters))):
+        return "the optimizer's state must be a dict of parameter indices"
+    for index, entry in moments.items():
+        shape, dtype = tuple(parameters[index].shape), parameters[index].dtype
+        if not (
+            isinstance(entry, dict)
+            and entry.keys() == {"step", "exp_avg", "exp_avg_sq"}
+            and _is_tensor(entry["step"], (), minimum=0)
+            and entry["step"].is_floating_point()
+            and _is_tensor(entry["exp_avg"], shape, dtype)
+            and _is_tensor(entry["exp_avg_sq"], shape, dtype, minimum=0)
+        ):
+            return (
+                f"the optimizer's state of parameter {index} must hold a step count and "
+                f"Adam's two moments of its shape {shape} and dtype, finite, the second "
+                "non-negative"
+            )
+    return None
+
+
+def _is_count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_rate(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def _is_tensor(value, shape, dtype=None, *, minimum=None):
+    """Whether ``value`` is a tensor of ``shape`` (and ``dtype``) of finite values (at
+    least ``minimum``)."""
+    if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+        return False
+    if dtype is not None and value.dtype != dtype:
+        return False
+    if value.dtype == torch.bool:
+        return True
+    finite = bool(value.isfinite().all()) if value.is_floating_point() else True
+    return finite and (minimum is None or bool((value >= minimum).all()))
 
 
 class HostSnapshot:
