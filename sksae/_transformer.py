@@ -80,6 +80,10 @@ _DECAY_FRACTION = 0.2
 #: decoder bias at their median and the encoder's scale fitted): typically at a learning
 #: rate too high for the data's scale. A code in which no latent fires has about 1.
 _POOR_FIT_FVU = 2.0
+#: A model that continues (partial_fit, a warm start) may start anywhere (another
+#: library's weights, data that drifted): its pass is a poor fit above _POOR_FIT_FVU only
+#: if this many times its FVU on the call's first batch, before training on it.
+_WORSENED_FACTOR = 2.0
 #: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
 #: about 1e-7).
 _UNIT_NORM_TOLERANCE = 1e-4
@@ -744,7 +748,7 @@ class SparseAutoencoderTransformer(
         ``progress`` is where this fit starts: its seed, the epochs it has already run
         and its plateau counter (``_fit_progress`` of an interrupted fit, which each
         epoch records). ``new_model``: whether this fit initialised the model, whose
-        outcome it then vouches for (:meth:`_warn_of_a_poor_fit`).
+        outcome is then judged on the data alone (:meth:`_warn_of_a_poor_fit`).
 
         Returns whether a ``KeyboardInterrupt`` ended the fit after at least one epoch:
         the estimator then holds the last completed epoch. One within the first epoch
@@ -759,6 +763,7 @@ class SparseAutoencoderTransformer(
         fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
         validation_scores, last_epoch, best_stats, best_score = [], None, None, None
+        first_stats = None
         # Host copies of the latest epoch's state and of the best-validated one.
         snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
@@ -769,6 +774,7 @@ class SparseAutoencoderTransformer(
             try:
                 epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
                 stats = self._train_pass(trainer, X_rows, generator)
+                first_stats = first_stats or stats
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
@@ -852,8 +858,9 @@ class SparseAutoencoderTransformer(
                 self._fit_progress = None
             fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         interrupted = interrupted or held.signalled
-        if new_model and last_epoch is not None and not interrupted:
-            self._warn_of_a_poor_fit(stats, X, stacklevel=5)  # fit's caller
+        if last_epoch is not None and not interrupted:
+            before = None if new_model else first_stats.first_step_fvu
+            self._warn_of_a_poor_fit(stats, X, stacklevel=5, before=before)  # fit's caller
         return interrupted
 
     def _epoch_attributes(
@@ -939,8 +946,8 @@ class SparseAutoencoderTransformer(
             state = trainer.full_state()
             self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
             self.__dict__.update(self._derived_attributes(X))
-            if first_call:
-                self._warn_of_a_poor_fit(stats, X, stacklevel=4)  # partial_fit's caller
+            before = None if first_call else stats.first_step_fvu
+            self._warn_of_a_poor_fit(stats, X, stacklevel=4, before=before)  # partial_fit's caller
         return self
 
     def _history(self):
@@ -1056,15 +1063,24 @@ class SparseAutoencoderTransformer(
                 stacklevel=4,  # the caller of fit or partial_fit, through _fit_context
             )
 
-    def _warn_of_a_poor_fit(self, stats, X, stacklevel):
-        """Warn when the last training pass of a new model (its :class:`EpochStats`)
-        reconstructed the training data ``X`` worse than their mean by far, over the pass
-        or after its last step, with the likely cause (see :data:`_POOR_FIT_FVU`)."""
+    def _warn_of_a_poor_fit(self, stats, X, stacklevel, before=None):
+        """Warn when the last training pass (its :class:`EpochStats`) reconstructed the
+        training data ``X`` worse than their mean by far, over the pass or after its last
+        step, with the likely cause (see :data:`_POOR_FIT_FVU`); for a model that
+        continues, ``before`` is its FVU on the call's first batch (see
+        :data:`_WORSENED_FACTOR`)."""
         # A NaN FVU (constant data) is no sign.
         fvu = max((value for value in [stats.fvu, stats.last_step_fvu] if value > 0), default=0)
         if not fvu > _POOR_FIT_FVU:
             return
-        if self.normalize_input == "none":
+        worsened = ""
+        if before is not None:
+            if not fvu > _WORSENED_FACTOR * before:
+                return
+            worsened = (
+                f", {fvu / before:.3g} times the FVU of this call's first batch before its step"
+            )
+        if self.normalize_input == "none" and before is None:
             advice = (
                 f"the rows of X have a mean norm of {_mean_row_norm(X):.3g}, where the "
                 f"defaults assume about sqrt(n_features) = {math.sqrt(X.shape[1]):.3g}: "
@@ -1074,7 +1090,8 @@ class SparseAutoencoderTransformer(
             advice = "lower it"
         warnings.warn(
             f"{type(self).__name__} reconstructs its training data worse than their mean "
-            f"does (a training FVU of {fvu:.3g}, over its last pass or after its last step). "
+            f"does (a training FVU of {fvu:.3g}, over its last pass or after its last step"
+            f"{worsened}). "
             f"The learning_rate ({self._learning_rate():.3g}) is likely too high for this "
             f"data; {advice}.",
             ConvergenceWarning,

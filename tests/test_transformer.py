@@ -723,6 +723,23 @@ def test_a_fit_worse_than_the_mean_warns_of_the_data_scale(train):
     assert scaled.score(X) > 0.5
 
 
+@pytest.mark.parametrize("train", ["warm fit", "partial_fit"])
+def test_a_continuing_fit_that_wrecks_a_good_model_warns(train):
+    """Only new models were judged: a good model taken to an FVU of 1000 passed silently."""
+    X = np.random.default_rng(0).normal(size=(60, 8)) * 1e6
+    sae = _sae(n_components=16, k=4, max_iter=20, batch_size=16).fit(X)
+    assert sae.score(X) > 0.8
+    # A model that continues may start anywhere: training it on, it does not warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        sae.set_params(warm_start=True, max_iter=3).fit(X)
+        sae.partial_fit(X)
+    sae.set_params(learning_rate=10.0)
+    with pytest.warns(ConvergenceWarning, match=r"times the FVU of this call's first batch"):
+        sae.fit(X) if train == "warm fit" else sae.partial_fit(X)
+    assert sae.score(X) < -1
+
+
 def test_a_poor_fit_of_tiny_float32_data_warns():
     # Its variance, squared in float32, underflowed to 0: the FVU was NaN, and no
     # warning came.

@@ -128,6 +128,8 @@ class EpochStats(NamedTuple):
     #: squared error of a few rows of its batch. The rows' own FVU would be noisy: a
     #: last batch of one row, or of the loudest rows, is common.
     last_step_fvu: float = math.nan
+    #: The FVU of the pass's first batch before its step: the model as the pass found it.
+    first_step_fvu: float = math.nan
 
 
 class Trainer:
@@ -391,6 +393,8 @@ class Trainer:
                 last_rows = batch[:LAST_STEP_ROWS]
                 error_before = _inference_squared_error(self.model, last_rows) / len(last_rows)
             loss, squared_error, fired_now = self.step(batch)
+            if start == 0:
+                first_error = squared_error
             n_rows = batch.shape[0]
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
@@ -407,9 +411,10 @@ class Trainer:
             if name in {"exp_avg", "exp_avg_sq"}
         ]
         finite = torch.stack([_all_finite(self.model.parameters()), _all_finite(moments)])
-        loss, squared_error, active, reference, error_before, error_after, *finite = torch.cat(
-            [sums / n_samples, torch.stack([error_before, error_after]), finite.to(sums.dtype)]
-        ).tolist()
+        errors = torch.stack([error_before, error_after, first_error.to(sums.dtype)])
+        loss, squared_error, active, reference, error_before, error_after, first_error, *finite = (
+            torch.cat([sums / n_samples, errors, finite.to(sums.dtype)]).tolist()
+        )
         self._check_divergence(
             loss, squared_error, reference, error_after, *finite, dtype=self.model.W_dec.dtype
         )
@@ -424,6 +429,7 @@ class Trainer:
             l0=active,
             feature_density=(fired / n_samples).cpu(),
             last_step_fvu=fvu * growth,
+            first_step_fvu=_fvu(first_error, X),
         )
 
     @staticmethod
