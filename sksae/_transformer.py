@@ -81,9 +81,10 @@ _DECAY_FRACTION = 0.2
 #: rate too high for the data's scale. A code in which no latent fires has about 1.
 _POOR_FIT_FVU = 2.0
 #: A model that continues (partial_fit, a warm start) may start anywhere (another
-#: library's weights, data that drifted): its pass is a poor fit above _POOR_FIT_FVU only
-#: if this many times its FVU on the call's first batch, before training on it.
-_WORSENED_FACTOR = 2.0
+#: library's weights, data that drifted): it fit poorly, above _POOR_FIT_FVU, only if a
+#: pass also multiplied by more than this the squared error of rows it started with
+#: (EpochStats.first_rows_growth). Wrecked by a learning rate too high, thousands.
+_WORSENED_FACTOR = 10.0
 #: Largest deviation from 1 of a decoder row norm taken as unit (float32 round-off is
 #: about 1e-7).
 _UNIT_NORM_TOLERANCE = 1e-4
@@ -763,7 +764,7 @@ class SparseAutoencoderTransformer(
         fit_ctx = self._init_callback_context(max_subtasks=max(self.max_iter - first_epoch, 0))
         fit_ctx.call_on_fit_task_begin(estimator=self, X=X)
         validation_scores, last_epoch, best_stats, best_score = [], None, None, None
-        first_stats = None
+        growth = 0.0  # the largest first_rows_growth of the passes
         # Host copies of the latest epoch's state and of the best-validated one.
         snapshot, best = HostSnapshot(), HostSnapshot()
         plateau = _Plateau(self.tol, self.max_no_improvement)
@@ -774,7 +775,7 @@ class SparseAutoencoderTransformer(
             try:
                 epoch_ctx.call_on_fit_task_begin(estimator=self, X=X)
                 stats = self._train_pass(trainer, X_rows, generator)
-                first_stats = first_stats or stats
+                growth = max(growth, stats.first_rows_growth)
             except KeyboardInterrupt:
                 if last_epoch is None:
                     raise
@@ -859,8 +860,8 @@ class SparseAutoencoderTransformer(
             fit_ctx.call_on_fit_task_end(estimator=self, X=X, reconstruction_attributes={})
         interrupted = interrupted or held.signalled
         if last_epoch is not None and not interrupted:
-            before = None if new_model else first_stats.first_step_fvu
-            self._warn_of_a_poor_fit(stats, X, stacklevel=5, before=before)  # fit's caller
+            growth = None if new_model else growth
+            self._warn_of_a_poor_fit(stats, X, stacklevel=5, growth=growth)  # fit's caller
         return interrupted
 
     def _epoch_attributes(
@@ -946,8 +947,8 @@ class SparseAutoencoderTransformer(
             state = trainer.full_state()
             self.__dict__.update(self._fitted_attributes(state, stats, history, scale))
             self.__dict__.update(self._derived_attributes(X))
-            before = None if first_call else stats.first_step_fvu
-            self._warn_of_a_poor_fit(stats, X, stacklevel=4, before=before)  # partial_fit's caller
+            growth = None if first_call else stats.first_rows_growth
+            self._warn_of_a_poor_fit(stats, X, stacklevel=4, growth=growth)  # partial_fit's caller
         return self
 
     def _history(self):
@@ -1063,24 +1064,22 @@ class SparseAutoencoderTransformer(
                 stacklevel=4,  # the caller of fit or partial_fit, through _fit_context
             )
 
-    def _warn_of_a_poor_fit(self, stats, X, stacklevel, before=None):
+    def _warn_of_a_poor_fit(self, stats, X, stacklevel, growth=None):
         """Warn when the last training pass (its :class:`EpochStats`) reconstructed the
         training data ``X`` worse than their mean by far, over the pass or after its last
         step, with the likely cause (see :data:`_POOR_FIT_FVU`); for a model that
-        continues, ``before`` is its FVU on the call's first batch (see
-        :data:`_WORSENED_FACTOR`)."""
+        continues, only if ``growth``, the largest ``first_rows_growth`` of the call's
+        passes, shows that the call made it so (see :data:`_WORSENED_FACTOR`)."""
         # A NaN FVU (constant data) is no sign.
         fvu = max((value for value in [stats.fvu, stats.last_step_fvu] if value > 0), default=0)
         if not fvu > _POOR_FIT_FVU:
             return
         worsened = ""
-        if before is not None:
-            if not fvu > _WORSENED_FACTOR * before:
+        if growth is not None:
+            if not growth > _WORSENED_FACTOR:
                 return
-            worsened = (
-                f", {fvu / before:.3g} times the FVU of this call's first batch before its step"
-            )
-        if self.normalize_input == "none" and before is None:
+            worsened = f"; a pass multiplied the error of rows it started with by {growth:.3g}"
+        if self.normalize_input == "none" and growth is None:
             advice = (
                 f"the rows of X have a mean norm of {_mean_row_norm(X):.3g}, where the "
                 f"defaults assume about sqrt(n_features) = {math.sqrt(X.shape[1]):.3g}: "

@@ -735,9 +735,30 @@ def test_a_continuing_fit_that_wrecks_a_good_model_warns(train):
         sae.set_params(warm_start=True, max_iter=3).fit(X)
         sae.partial_fit(X)
     sae.set_params(learning_rate=10.0)
-    with pytest.warns(ConvergenceWarning, match=r"times the FVU of this call's first batch"):
+    with pytest.warns(
+        ConvergenceWarning, match="a pass multiplied the error of rows it started with"
+    ):
         sae.fit(X) if train == "warm fit" else sae.partial_fit(X)
     assert sae.score(X) < -1
+
+
+def test_a_continuing_fit_on_data_that_drifted_does_not_warn():
+    """A chunk of a stream that drifted within it: the model fits its later rows worse
+    than their mean, but the call trained it on, and its learning rate is not to blame."""
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(64, 16))
+
+    def sample(n, shift=0.0):
+        codes = (rng.random((n, 64)) < 0.05) * rng.exponential(size=(n, 64))
+        return codes @ atoms + 0.05 * rng.normal(size=(n, 16)) + shift
+
+    sae = _sae(n_components=64, k=4, batch_size=64, max_iter=10).fit(sample(2000))
+    chunk = np.vstack([sample(64), sample(960, 10.0 * rng.normal(size=16))])
+    before = sae.score(chunk)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        sae.set_params(learning_rate=1e-5).partial_fit(chunk)
+    assert before < sae.score(chunk) < -1
 
 
 def test_a_poor_fit_of_tiny_float32_data_warns():

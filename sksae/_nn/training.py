@@ -20,9 +20,10 @@ from .sparsifiers import Code, count_true
 #: means the fit is running away: a working SAE never does orders of magnitude worse
 #: than reconstructing nothing.
 DIVERGENCE_FACTOR = 1e3
-#: Rows of an epoch's last batch that the model reconstructs after the last step, which
-#: no loss of the epoch sees (:attr:`EpochStats.last_step_fvu`).
-LAST_STEP_ROWS = 64
+#: Rows of an epoch's first and last batches that the model reconstructs before and
+#: after the pass's first or last step (:attr:`EpochStats.last_step_fvu`,
+#: :attr:`EpochStats.first_rows_growth`): the same rows, before and after.
+WATCHED_ROWS = 64
 
 
 class TrainingDiverged(FloatingPointError):
@@ -128,8 +129,10 @@ class EpochStats(NamedTuple):
     #: squared error of a few rows of its batch. The rows' own FVU would be noisy: a
     #: last batch of one row, or of the loudest rows, is common.
     last_step_fvu: float = math.nan
-    #: The FVU of the pass's first batch before its step: the model as the pass found it.
-    first_step_fvu: float = math.nan
+    #: The factor by which the pass multiplied the squared error of a few rows of its
+    #: first batch, from before its first step to after its last: what the pass did to
+    #: the model as it found it, on rows it was then given.
+    first_rows_growth: float = math.nan
 
 
 class Trainer:
@@ -389,12 +392,13 @@ class Trainer:
                 # The data's own scale enters too: with a single sample, the zero-code
                 # loss is 0 and any rounding error would look like divergence.
                 reference = squared_norm_sum(batch - self.model.b_dec) + squared_norm_sum(batch)
+            if start == 0:
+                first_rows = batch[:WATCHED_ROWS]
+                first_before = _inference_squared_error(self.model, first_rows)
             if start + batch_size >= n_samples:
-                last_rows = batch[:LAST_STEP_ROWS]
+                last_rows = batch[:WATCHED_ROWS]
                 error_before = _inference_squared_error(self.model, last_rows) / len(last_rows)
             loss, squared_error, fired_now = self.step(batch)
-            if start == 0:
-                first_error = squared_error
             n_rows = batch.shape[0]
             sums += torch.stack([loss * n_rows, squared_error * n_rows, fired_now.sum(), reference])
             fired += fired_now
@@ -404,6 +408,7 @@ class Trainer:
         # its rows, before and after it, and in the weights and Adam's moments, read in
         # the same sync.
         error_after = _inference_squared_error(self.model, last_rows) / len(last_rows)
+        first_after = _inference_squared_error(self.model, first_rows)
         moments = [
             moment
             for state in self.optimizer.state.values()
@@ -411,25 +416,28 @@ class Trainer:
             if name in {"exp_avg", "exp_avg_sq"}
         ]
         finite = torch.stack([_all_finite(self.model.parameters()), _all_finite(moments)])
-        errors = torch.stack([error_before, error_after, first_error.to(sums.dtype)])
-        loss, squared_error, active, reference, error_before, error_after, first_error, *finite = (
-            torch.cat([sums / n_samples, errors, finite.to(sums.dtype)]).tolist()
-        )
+        errors = torch.stack([error_before, error_after, first_before, first_after])
+        loss, squared_error, active, reference, *errors, weights_finite, moments_finite = torch.cat(
+            [sums / n_samples, errors, finite.to(sums.dtype)]
+        ).tolist()
+        error_before, error_after, first_before, first_after = errors
         self._check_divergence(
-            loss, squared_error, reference, error_after, *finite, dtype=self.model.W_dec.dtype
+            loss,
+            squared_error,
+            reference,
+            error_after,
+            weights_finite,
+            moments_finite,
+            dtype=self.model.W_dec.dtype,
         )
         fvu = _fvu(squared_error, X)
-        if error_before > 0:
-            growth = error_after / error_before
-        else:
-            growth = 1.0 if error_after == 0 else math.inf
         return EpochStats(
             loss=loss,
             fvu=fvu,
             l0=active,
             feature_density=(fired / n_samples).cpu(),
-            last_step_fvu=fvu * growth,
-            first_step_fvu=_fvu(first_error, X),
+            last_step_fvu=fvu * _growth(error_before, error_after),
+            first_rows_growth=_growth(first_before, first_after),
         )
 
     @staticmethod
@@ -487,6 +495,13 @@ class Trainer:
         # them up at once.
         if state.get("auxk_dead") is not None and self.auxk is not None:
             self._set_auxk_dead(state["auxk_dead"].to(self.steps_since_fired.device))
+
+
+def _growth(before, after):
+    """``after / before``: 1 where both are 0, inf where only ``before`` is."""
+    if before > 0:
+        return after / before
+    return 1.0 if after == 0 else math.inf
 
 
 def _adam(parameters, learning_rate):
