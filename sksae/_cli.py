@@ -49,6 +49,7 @@ from sklearn.utils._param_validation import StrOptions
 
 from ._external import export
 from ._nn.batches import rows_per_chunk
+from ._nn.training import TrainingDiverged
 from ._persistence import (
     CONFIG_FILE,
     JSON_ERRORS,
@@ -707,9 +708,11 @@ def _fit_shards(model, shards, args, changed, save_model):
             with _named(shards[index].label):
                 model.partial_fit(X)
         except ValueError as exc:
-            # Values are read as each shard's turn comes (a NaN, a divergence): the
-            # model stands as before the shard, which --resume can go on from.
-            if getattr(model, "n_samples_seen_", 0) == seen:
+            # Values are read as each shard's turn comes (a NaN): the model stands as
+            # before the shard, which --resume can go on from once the shard is fixed.
+            # Not after a divergence, which --resume would repeat with the learning rate
+            # it keeps: the error says to lower it, for a run anew.
+            if getattr(model, "n_samples_seen_", 0) == seen or _diverged(exc):
                 raise
             save_model(model)
             raise ValueError(
@@ -786,6 +789,16 @@ class _Checkpoint:
 
     def teardown(self, estimator, context):
         """Nothing to release."""
+
+
+def _diverged(error):
+    """Whether ``error`` reports a training that ran away (one of its causes is a
+    :class:`~sksae._nn.training.TrainingDiverged`)."""
+    while error is not None:
+        if isinstance(error, TrainingDiverged):
+            return True
+        error = error.__cause__
+    return False
 
 
 def _save_interrupted(model, model_dir, save_model):

@@ -489,6 +489,20 @@ def test_a_shard_whose_values_fail_names_it_and_saves_the_shards_before(data, X,
     assert sksae.load(tmp_path / "sae").n_samples_seen_ == 2 * len(X)
 
 
+def test_a_run_that_diverges_on_a_later_shard_saves_nothing_to_resume(X, tmp_path, capsys):
+    """--resume would run on with the learning rate that diverged, which it keeps: the
+    error says to lower it, which a run anew in the same MODEL_DIR then does."""
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "00.npy", X[:64])
+    np.save(tmp_path / "shards" / "01.npy", X[64:])
+    argv = ["fit", str(tmp_path / "shards"), "-o", str(tmp_path / "sae"), *SMALL]
+    assert main([*argv, "--learning-rate", "1000"]) == 2
+    err = capsys.readouterr().err
+    assert "01.npy: Training diverged" in err and "--resume" not in err
+    assert not (tmp_path / "sae").exists()
+    assert main([*argv, "--learning-rate", "0.001"]) == 0
+
+
 def test_model_dir_may_lie_below_data(data, tmp_path):
     """DATA's subdirectories are not read, so MODEL_DIR may be one: ``-o sae`` in DATA."""
     shutil.copytree(data["directory"], tmp_path / "shards")
