@@ -243,7 +243,9 @@ def _as_array(A):
     """``A`` as a numpy array. A DataFrame of pandas's nullable dtypes (``Float32``,
     ``Int64``, ``boolean``), which numpy reads as objects, takes their numpy dtypes, and
     a missing value (``pd.NA``) becomes NaN, which the checks refuse."""
-    dtypes = [getattr(dtype, "numpy_dtype", dtype) for dtype in getattr(A, "dtypes", [])]
+    # A DataFrame's dtypes, one per column (a Series has one dtype, and is 1-D anyway).
+    columns = getattr(A, "dtypes", []) if getattr(A, "ndim", None) == 2 else []
+    dtypes = [getattr(dtype, "numpy_dtype", dtype) for dtype in columns]
     if not dtypes or not all(isinstance(d, np.dtype) and d.kind in "biuf" for d in dtypes):
         return np.asarray(A)
     dtype = np.result_type(*dtypes)

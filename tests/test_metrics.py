@@ -237,6 +237,10 @@ def test_metrics_take_dataframes_of_nullable_dtypes():
     assert l0(pd.DataFrame(codes, dtype="Int64")) == l0(codes) == 1.5
     assert code_bytes(pd.DataFrame(X, dtype="Float32")) == code_bytes(X)
     assert mmcs(pd.DataFrame(X, dtype="Float64"), X) == pytest.approx(1.0)
+    # A Series is 1-D, whatever its dtype: its dtypes are no list of columns.
+    for dtype in ["float64", "Float32"]:
+        with pytest.raises(ValueError, match="codes must be a 2-D array"):
+            l0(pd.Series([1.0, 2.0, 0.0], dtype=dtype))
     # A missing value is refused as NaN is, whatever the column's dtype.
     for dtype in ["Float64", "Int64"]:
         with pytest.raises(ValueError, match="X holds NaN"):
