@@ -770,6 +770,7 @@ def test_evaluate_fvu_bounds_its_codes_not_only_its_rows(monkeypatch):
     model.reset_parameters(torch.Generator().manual_seed(0), b_dec=X.mean(0))
     whole = evaluate_fvu(model, DenseRows(X))
     monkeypatch.setattr(training, "rows_per_chunk", partial(rows_per_chunk, values=64 * 16))
+    monkeypatch.setattr(training, "INFERENCE_CHUNK_ROWS", 4)
     chunks = []
     encode = model.encode
     monkeypatch.setattr(model, "encode", lambda x: chunks.append(len(x)) or encode(x))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .batches import rows_per_chunk, squared_norm_sum
+from .batches import INFERENCE_CHUNK_ROWS, rows_per_chunk, squared_norm_sum
 from .sparsifiers import Code, count_true
 
 #: An epoch's mean squared error above this multiple of the reference (the squared error
@@ -754,8 +754,10 @@ def evaluate_fvu(model, X):
     >>> 0 <= evaluate_fvu(sae, DenseRows(X)) <= 1
     True
     """
-    # The codes ([rows, n_latents]) are the chunk's largest tensors, not its rows.
-    residual, chunk_rows = 0.0, rows_per_chunk(max(model.W_dec.shape))
+    # The codes ([rows, n_latents]) are the chunk's largest tensors, not its rows; and
+    # at least transform's chunks, whose products keep their pace.
+    chunk_rows = max(INFERENCE_CHUNK_ROWS, rows_per_chunk(max(model.W_dec.shape)))
+    residual = 0.0
     for start in range(0, len(X), chunk_rows):
         residual += _inference_squared_error(model, X.take(slice(start, start + chunk_rows))).item()
     return _fvu(residual / len(X), X)
