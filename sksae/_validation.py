@@ -57,8 +57,8 @@ class Integers(Interval):
     (True, False)
     >>> Integers(1).is_satisfied_by(np.int64(600)), Integers(1).is_satisfied_by(np.int16(600))
     (True, False)
-    >>> str(Integers(1)), str(Integers(0, 10))
-    ('an int in the range [1, inf)', 'an int in the range [0, 10]')
+    >>> str(Integers(0, 10))
+    "an int in the range [0, 10] (Python's, or numpy's of 64 bits)"
     """
 
     def __init__(self, left, right=None):
@@ -67,6 +67,10 @@ class Integers(Interval):
     def is_satisfied_by(self, val):
         narrow = isinstance(val, np.integer) and val.dtype.itemsize < 8
         return is_int(val) and not narrow and super().is_satisfied_by(val)
+
+    def __str__(self):
+        # np.int16(600) is an int in the range [1, inf): the message says why it is not.
+        return f"{super().__str__()} (Python's, or numpy's of 64 bits)"
 
 
 class Reals(Interval):

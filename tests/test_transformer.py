@@ -1461,7 +1461,7 @@ def test_k_above_n_components_keeps_every_latent_with_a_warning(activation):
         (dict(k=True), "'k' parameter .* must be an int .* Got True"),
         (dict(max_iter=True), "'max_iter' parameter"),
         # Arithmetic stays in their width: a negative number of planned steps, silently.
-        (dict(max_iter=np.int16(600)), r"'max_iter' .* Got np\.int16\(600\)"),
+        (dict(max_iter=np.int16(600)), r"'max_iter' .* numpy's of 64 bits\)\. Got np\.int16\("),
         (dict(batch_size=np.uint8(200)), "'batch_size' parameter"),
         # Beyond int64, torch overflowed: an OverflowError, and a TypeError.
         (dict(dead_steps=2**63, aux_coef=1.0), r"'dead_steps' .* \[1, 9223372036854775807\]"),
