@@ -1432,9 +1432,12 @@ class SparseAutoencoderTransformer(
         # Nothing is squared here: codes as large as transform gives for the largest
         # data it accepts reconstruct it; only larger ones can overflow.
         if not np.isfinite(X_hat).all():
+            largest = float(abs(codes).max())
+            if math.isnan(largest):  # where scikit-learn's assume_finite skipped its check
+                raise ValueError("Input X contains NaN.")
             raise ValueError(
                 f"The reconstruction of these codes overflows {X_hat.dtype}: they hold "
-                f"values up to {float(abs(codes).max()):.3g} in magnitude."
+                f"values up to {largest:.3g} in magnitude."
             )
         return X_hat
 

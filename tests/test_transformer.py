@@ -491,9 +491,13 @@ def test_nan_is_named_where_assume_finite_skips_the_check(superposition_small, c
     fitted = _sae().fit(superposition_small[0])
     state = _state(fitted)
     with sklearn.config_context(assume_finite=True):
-        for call in [_sae().fit, fitted.partial_fit, fitted.transform, fitted.score_samples]:
+        codes = fitted.transform(superposition_small[0])
+        codes[3, 2] = np.nan
+        codes = container(codes)
+        calls = [_sae().fit, fitted.partial_fit, fitted.transform, fitted.score_samples]
+        for call, data in [*((call, X) for call in calls), (fitted.inverse_transform, codes)]:
             with pytest.raises(ValueError, match=r"^Input X contains NaN\.$"):
-                call(X)
+                call(data)
     assert _state(fitted) == state
 
 
