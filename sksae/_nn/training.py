@@ -486,7 +486,7 @@ class Trainer:
 
     def load_state_dict(self, state):
         # Its values were read where it came from a file (sksae.load): a pass over
-        # Adam's moments at every partial_fit would cost a tenth of a small one.
+        # Adam's moments at every partial_fit would cost a seventh of a one-batch call.
         problem = state_problem(state, self.model, values=False)
         if problem is not None:
             raise ValueError(f"This training state cannot continue the model: {problem}.")
